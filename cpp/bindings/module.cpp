@@ -1,0 +1,29 @@
+// PYBIND11_MODULE(_core): version, build facts, and one registration per precision.
+#include <Eigen/Core>
+
+#include "common.hpp"
+
+#ifndef METASTEP_VERSION
+#define METASTEP_VERSION "0.0.0"
+#endif
+#ifndef METASTEP_EIGEN_LOCATION
+#define METASTEP_EIGEN_LOCATION "unknown"
+#endif
+
+#define METASTEP_STR2(x) #x
+#define METASTEP_STR(x) METASTEP_STR2(x)
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "metastep compiled core (private: use the metastep package)";
+  m.attr("__version__") = METASTEP_VERSION;
+  m.attr("eigen_version") =
+      METASTEP_STR(EIGEN_WORLD_VERSION) "." METASTEP_STR(EIGEN_MAJOR_VERSION) "." METASTEP_STR(EIGEN_MINOR_VERSION);
+  m.attr("eigen_location") = METASTEP_EIGEN_LOCATION;
+  m.attr("precisions") = py::make_tuple("float32", "float64", "longdouble");
+  m.attr("cuda_compiled") = false;
+  m.def("cuda_device_count", []() { return py::make_tuple(0, "the CUDA path is not compiled in this build"); });
+  m.attr("longdouble_mantissa_bits") = std::numeric_limits<long double>::digits;
+  metastep::bind::register_precision<float>(m, "float32");
+  metastep::bind::register_precision<double>(m, "float64");
+  metastep::bind::register_precision<long double>(m, "longdouble");
+}

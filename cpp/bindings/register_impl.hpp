@@ -1,0 +1,141 @@
+// Bindings of one precision; instantiated once per dtype in its own translation unit.
+#pragma once
+#include "common.hpp"
+
+namespace metastep::bind {
+
+template <class Problem, class S = typename Problem::S>
+void bind_runs(py::module_& m, const std::string& sfx) {
+  m.def(("unroll_" + sfx).c_str(),
+        [](const Problem& p, double eta, std::optional<F64Array> schedule, Steps steps) {
+          if (steps < 1) throw std::invalid_argument("steps must be at least 1");
+          std::vector<S> sched;
+          StepSizes<S> st;
+          st.eta = S(eta);
+          if (schedule) {
+            sched = to_std<S>(*schedule, "schedule");
+            if (static_cast<Steps>(sched.size()) != steps)
+              throw std::invalid_argument("schedule must have length steps");
+            st.schedule = sched.data();
+          }
+          Trajectory<S> tr;
+          {
+            py::gil_scoped_release release;
+            tr = unroll(p, st, steps);
+          }
+          py::dict d;
+          d["losses"] = doubles(tr.losses);
+          d["log_losses"] = log_abs_doubles(tr.losses);
+          d["losses_ext"] = ext(tr.losses);
+          if (!tr.valid_losses.empty()) {
+            d["valid_losses"] = doubles(tr.valid_losses);
+            d["log_valid_losses"] = log_abs_doubles(tr.valid_losses);
+          }
+          std::vector<S> wf(tr.w_final.data(), tr.w_final.data() + tr.w_final.size());
+          d["w_final"] = doubles(wf);
+          d["w_final_ext"] = ext(wf);
+          d["status"] = tr.diag.status();
+          d["diagnostics"] = diag_dict(tr.diag);
+          return d;
+        },
+        py::arg("problem"), py::arg("eta"), py::arg("schedule"), py::arg("steps"));
+
+  m.def(("metagrad_" + sfx).c_str(),
+        [](const Problem& p, const std::string& mode_s, F64Array etas, std::optional<F64Array> schedule, Steps steps,
+           const std::string& objective, bool valid, Index checkpoints) {
+          const Mode mode = parse_mode(mode_s);
+          MetaOptions opt;
+          opt.objective = parse_objective(objective);
+          opt.valid = valid;
+          opt.steps = steps;
+          opt.checkpoints = checkpoints;
+          std::vector<Outcome> outs;
+          if (schedule) {
+            std::vector<S> sched = to_std<S>(*schedule, "schedule");
+            if (static_cast<Steps>(sched.size()) != steps)
+              throw std::invalid_argument("schedule must have length steps");
+            StepSizes<S> st;
+            st.schedule = sched.data();
+            py::gil_scoped_release release;
+            outs.push_back(run_mode(p, mode, st, opt));
+          } else {
+            std::vector<S> es = to_std<S>(etas, "eta");
+            py::gil_scoped_release release;
+            outs = run_batch(p, mode, es, opt);
+          }
+          return outcomes_dict(outs);
+        },
+        py::arg("problem"), py::arg("mode"), py::arg("etas"), py::arg("schedule"), py::arg("steps"),
+        py::arg("objective"), py::arg("valid"), py::arg("checkpoints"));
+
+  m.def(("spectrum_" + sfx).c_str(),
+        [](const Problem& p) {
+          py::gil_scoped_release release;
+          return make_spectrum(p);
+        },
+        py::arg("problem"));
+}
+
+template <class S>
+void register_precision_impl(py::module_& m, const std::string& sfx) {
+  py::class_<Quadratic<S>>(m, ("Quadratic_" + sfx).c_str())
+      .def(py::init([](const F64Array& H, const F64Array& w0, const F64Array& ws) {
+             return Quadratic<S>(to_mat<S>(H, "H"), to_vec<S>(w0, "w0"), to_vec<S>(ws, "w_star"));
+           }),
+           py::arg("H").noconvert(), py::arg("w0").noconvert(), py::arg("w_star").noconvert())
+      .def_property_readonly("dim", &Quadratic<S>::dim);
+
+  py::class_<LeastSquares<S>>(m, ("LeastSquares_" + sfx).c_str())
+      .def(py::init([](const F64Array& X, const F64Array& y, std::optional<F64Array> Xv, std::optional<F64Array> yv,
+                       const F64Array& w0) {
+             Mat<S> xv;
+             Vec<S> yvv;
+             if (Xv.has_value() != yv.has_value())
+               throw std::invalid_argument("X_valid and y_valid must be given together");
+             if (Xv) {
+               xv = to_mat<S>(*Xv, "X_valid");
+               yvv = to_vec<S>(*yv, "y_valid");
+             }
+             return LeastSquares<S>(to_mat<S>(X, "X"), to_vec<S>(y, "y"), std::move(xv), std::move(yvv),
+                                    to_vec<S>(w0, "w0"));
+           }),
+           py::arg("X").noconvert(), py::arg("y").noconvert(), py::arg("X_valid"), py::arg("y_valid"),
+           py::arg("w0").noconvert())
+      .def_property_readonly("dim", &LeastSquares<S>::dim)
+      .def_property_readonly("has_valid", &LeastSquares<S>::has_valid);
+
+  py::class_<Spectrum<S>>(m, ("Spectrum_" + sfx).c_str())
+      .def_property_readonly("L", [](const Spectrum<S>& s) { return sm::to_double(s.L); })
+      .def_property_readonly("alpha", [](const Spectrum<S>& s) { return sm::to_double(s.alpha); })
+      .def_property_readonly("has_valid", [](const Spectrum<S>& s) { return s.has_valid; })
+      .def_property_readonly("eigenvalues", [](const Spectrum<S>& s) { return doubles(s.lam); });
+
+  bind_runs<Quadratic<S>>(m, sfx);
+  bind_runs<LeastSquares<S>>(m, sfx);
+
+  m.def(("exact_" + sfx).c_str(),
+        [](const Spectrum<S>& sp, F64Array etas, Steps steps, const std::string& objective, bool valid) {
+          MetaOptions opt;
+          opt.objective = parse_objective(objective);
+          opt.valid = valid;
+          opt.steps = steps;
+          std::vector<S> es = to_std<S>(etas, "eta");
+          std::vector<Outcome> outs;
+          {
+            py::gil_scoped_release release;
+            outs = exact_batch(sp, es, opt);
+          }
+          return outcomes_dict(outs);
+        },
+        py::arg("spectrum"), py::arg("etas"), py::arg("steps"), py::arg("objective"), py::arg("valid"));
+}
+
+}  // namespace metastep::bind
+
+#define METASTEP_REGISTER(S, NAME)                                                       \
+  namespace metastep::bind {                                                             \
+  template <>                                                                            \
+  void register_precision<S>(py::module_ & m, const std::string& sfx) {                  \
+    register_precision_impl<S>(m, sfx);                                                  \
+  }                                                                                      \
+  }

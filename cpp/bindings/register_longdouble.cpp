@@ -1,0 +1,3 @@
+// Instantiation of the bindings for longdouble.
+#include "register_impl.hpp"
+METASTEP_REGISTER(long double, longdouble)

@@ -1,0 +1,118 @@
+// Diagnostics of one run: the first failure (quantity, kind, step) and the range of
+// log2-magnitudes each tracked quantity went through. A run never hides a failure: the
+// numbers it returns are what the arithmetic produced, and the status says what went wrong.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+
+#include "scalar/traits.hpp"
+#include "types.hpp"
+
+namespace metastep {
+
+// Range of log2 of a quantity's magnitude (max-abs element for a vector) over a run.
+struct Log2Range {
+  double lo = std::numeric_limits<double>::infinity();
+  double hi = -std::numeric_limits<double>::infinity();
+  bool seen = false;
+  template <class S>
+  void add(S magnitude) {
+    if (!(magnitude > S(0)) || !sm::isfinite(magnitude)) return;  // zeros/non-finite: see failure
+    const double l2 = sm::log_abs(magnitude) / std::log(2.0);
+    lo = std::min(lo, l2);
+    hi = std::max(hi, l2);
+    seen = true;
+  }
+};
+
+enum class Quantity { iterate, tangent, adjoint, loss, meta_loss, meta_grad };
+inline const char* quantity_name(Quantity q) {
+  switch (q) {
+    case Quantity::iterate: return "iterate";
+    case Quantity::tangent: return "tangent";
+    case Quantity::adjoint: return "adjoint";
+    case Quantity::loss: return "loss";
+    case Quantity::meta_loss: return "meta-loss";
+    case Quantity::meta_grad: return "meta-gradient";
+  }
+  return "?";
+}
+
+struct Diagnostics {
+  // First failure in computation order.
+  bool failed = false;
+  std::string quantity;   // e.g. "adjoint"
+  std::string kind;       // "non-finite", "underflow to zero", "subnormal", "cancellation"
+  Steps step = -1;        // inner step index tau of the failing quantity
+  Log2Range iterate, tangent, adjoint, loss;
+  // Memory/cost accounting (reverse and checkpoint modes).
+  std::int64_t stored_states = 0;      // peak number of d-vectors of iterate stored at once
+  std::int64_t recomputed_steps = 0;   // inner steps run again from checkpoints
+  std::int64_t forward_steps = 0;      // inner steps of the first forward sweep
+  double grad_condition = 0.0;         // sum|terms| / |sum| of the accumulated meta-gradient (reverse)
+
+  void fail(Quantity q, const char* what, Steps at) {
+    if (failed) return;
+    failed = true;
+    quantity = quantity_name(q);
+    kind = what;
+    step = at;
+  }
+
+  Log2Range* range_of(Quantity q) {
+    switch (q) {
+      case Quantity::iterate: return &iterate;
+      case Quantity::tangent: return &tangent;
+      case Quantity::adjoint: return &adjoint;
+      case Quantity::loss: return &loss;
+      default: return nullptr;
+    }
+  }
+
+  // A vector quantity, judged by its largest magnitude. `was_nonzero`: the previous value
+  // of the same quantity was non-zero; the maps of one GD step are invertible in exact
+  // arithmetic except in degenerate cases, so a jump to exactly zero means underflow.
+  template <class S>
+  void check_vector(Quantity q, S maxabs, bool was_nonzero, Steps at) {
+    if (Log2Range* r = range_of(q)) r->add(maxabs);
+    if (!sm::isfinite(maxabs)) {
+      fail(q, "non-finite", at);
+    } else if (maxabs == S(0)) {
+      if (was_nonzero) fail(q, "underflow to zero", at);
+    } else if (maxabs < sm::min_normal<S>()) {
+      fail(q, "subnormal", at);
+    }
+  }
+
+  // A loss value; `grad_nonzero` says whether the gradient at the same point is non-zero,
+  // which for a convex quadratic means the true loss is strictly above its minimum.
+  template <class S>
+  void check_loss(Quantity q, S value, bool true_positive, Steps at) {
+    if (Log2Range* r = range_of(q)) r->add(value);
+    if (!sm::isfinite(value)) {
+      fail(q, "non-finite", at);
+    } else if (value < S(0)) {
+      fail(q, "negative (rounding)", at);
+    } else if (value == S(0)) {
+      if (true_positive) fail(q, "underflow to zero", at);
+    } else if (value < sm::min_normal<S>()) {
+      fail(q, "subnormal", at);
+    }
+  }
+
+  template <class S>
+  void check_scalar(Quantity q, S value, Steps at) {
+    if (!sm::isfinite(value)) fail(q, "non-finite", at);
+    else if (value != S(0) && sm::abs(value) < sm::min_normal<S>()) fail(q, "subnormal", at);
+  }
+
+  std::string status() const {
+    if (!failed) return "ok";
+    return kind + ": " + quantity + " at step " + std::to_string(step);
+  }
+};
+
+}  // namespace metastep

@@ -1,0 +1,113 @@
+// What every meta-gradient mode returns, and the conversion of a meta-loss M(w_t) and its
+// derivative into the requested objective (SPEC §3):
+//   final: F = M,              F' = M'
+//   log:   G = (1/t) log M,    G' = M' / (t M)
+#pragma once
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../diagnostics.hpp"
+#include "../problems.hpp"
+
+namespace metastep {
+
+enum class Objective { final_loss, log_loss };
+inline Objective parse_objective(const std::string& s) {
+  if (s == "final") return Objective::final_loss;
+  if (s == "log") return Objective::log_loss;
+  throw std::invalid_argument("unknown objective '" + s + "': expected 'final' or 'log'");
+}
+
+struct MetaOptions {
+  Objective objective = Objective::final_loss;
+  bool valid = false;        // meta-loss on the validation set (train-by-validation)
+  Steps steps = 1;           // t
+  Index checkpoints = 0;     // checkpoint mode: snapshots held at once (0: automatic)
+};
+
+// A number in float64 plus its exact magnitude and sign, and a long double copy.
+struct Num {
+  double value = 0.0;
+  double log_abs = -std::numeric_limits<double>::infinity();
+  int sign = 0;
+  long double ext = 0.0L;
+
+  template <class S>
+  static Num of(S x) {
+    Num n;
+    n.value = sm::to_double(x);
+    n.ext = sm::to_longdouble(x);
+    if (sm::isnan(x)) {
+      n.log_abs = std::numeric_limits<double>::quiet_NaN();
+      n.sign = 0;
+    } else {
+      n.log_abs = sm::log_abs(x);
+      n.sign = sm::sign(x);
+    }
+    return n;
+  }
+  // From a log-magnitude and sign (exact mode): no intermediate leaves the range.
+  static Num of_log(long double log_abs, int sign) {
+    Num n;
+    n.log_abs = static_cast<double>(log_abs);
+    n.sign = sign;
+    if (sign == 0) {
+      n.value = 0.0;
+      n.ext = 0.0L;
+      n.log_abs = -std::numeric_limits<double>::infinity();
+    } else {
+      n.ext = sign * std::exp(log_abs);                  // long double range
+      n.value = sign * std::exp(static_cast<double>(log_abs));  // may be inf / 0 in float64
+    }
+    return n;
+  }
+};
+
+struct Outcome {
+  Num value;                   // objective value (F or G)
+  Num grad;                    // derivative w.r.t. a constant eta (or along all-ones for schedules)
+  std::vector<Num> grad_steps; // derivative w.r.t. each eta_tau (schedule, reverse/checkpoint)
+  Diagnostics diag;
+};
+
+// Turn M, M' computed in precision S into the objective, checking what a plain mode produced.
+template <class S>
+Outcome finalize(S M, S dM, const Vec<S>* dM_steps, const MetaOptions& opt, Diagnostics diag) {
+  Outcome out;
+  const S t = S(static_cast<double>(opt.steps));
+  S value, grad;
+  if (opt.objective == Objective::final_loss) {
+    value = M;
+    grad = dM;
+  } else {
+    if (!(M > S(0)) && !diag.failed)
+      diag.fail(Quantity::meta_loss, M == S(0) ? "zero (log undefined)" : "non-positive (log undefined)", opt.steps);
+    value = sm::log(M) / t;
+    grad = dM / (t * M);
+  }
+  diag.check_scalar(Quantity::meta_loss, value, opt.steps);
+  diag.check_scalar(Quantity::meta_grad, grad, opt.steps);
+  out.value = Num::of(value);
+  out.grad = Num::of(grad);
+  if (dM_steps) {
+    out.grad_steps.reserve(dM_steps->size());
+    for (Index i = 0; i < dM_steps->size(); ++i) {
+      const S g = opt.objective == Objective::final_loss ? (*dM_steps)[i] : (*dM_steps)[i] / (t * M);
+      out.grad_steps.push_back(Num::of(g));
+    }
+  }
+  out.diag = std::move(diag);
+  return out;
+}
+
+// Record one loss evaluation of a run in the diagnostics.
+template <class S>
+inline void note_loss(Diagnostics& diag, Quantity q, S f, const Workspace<S>& ws, Steps tau) {
+  diag.check_loss(q, f, ws.residual_maxabs > S(0), tau);
+  if (ws.cancellation) diag.fail(q, "cancellation", tau);
+}
+
+}  // namespace metastep

@@ -1,0 +1,94 @@
+// Reverse mode (SPEC §4.1): back-propagation through the stored trajectory w_0 .. w_t.
+//   a_t = grad M(w_t);  for tau = t-1 .. 0:
+//     dM/deta_tau = -a_{tau+1} . grad f(w_tau);   a_tau = a_{tau+1} - eta_tau H a_{tau+1}
+// Memory O(t d). This is what autodiff frameworks do, and what fails in floating point for
+// large t (SPEC claim 3): the adjoint grows or shrinks like (1 - eta lambda)^t.
+#pragma once
+#include <cmath>
+
+#include "../trajectory.hpp"
+#include "common.hpp"
+
+namespace metastep {
+
+// Shared by reverse and checkpoint mode: the same operations in the same order, so the
+// two modes return bit-identical gradients.
+template <class Problem, class S = typename Problem::S>
+struct Backprop {
+  const Problem& p;
+  const StepSizes<S>& eta;
+  Diagnostics& diag;
+  Workspace<S> ws;
+  Vec<S> a, g, ha;
+  Vec<S> dM_steps;        // dM/deta_tau
+  bool a_nonzero = true;
+
+  Backprop(const Problem& p_, const StepSizes<S>& eta_, Steps t, Diagnostics& diag_)
+      : p(p_), eta(eta_), diag(diag_), g(p_.dim()), ha(p_.dim()), dM_steps(Vec<S>::Zero(t)) {}
+
+  // Forward sweep from w (overwritten with w_t): losses and iterates checked, optionally
+  // each w_tau handed to `keep(tau, w)` before the step.
+  template <class Keep>
+  S sweep(Vec<S>& w, Steps t, bool valid, Keep&& keep) {
+    bool w_nonzero = true;
+    for (Steps tau = 0; tau < t; ++tau) {
+      keep(tau, w);
+      const S wmax = maxabs(w);
+      diag.check_vector(Quantity::iterate, wmax, w_nonzero, tau);
+      w_nonzero = wmax != S(0);
+      const S f = gd_step(p, w, eta.at(tau), g, ws);
+      note_loss(diag, Quantity::loss, f, ws, tau);
+    }
+    keep(t, w);
+    diag.check_vector(Quantity::iterate, maxabs(w), w_nonzero, t);
+    a.resize(p.dim());
+    const S M = p.meta(valid, w, &a, ws);
+    note_loss(diag, Quantity::meta_loss, M, ws, t);
+    diag.check_vector(Quantity::adjoint, maxabs(a), true, t);
+    a_nonzero = maxabs(a) != S(0);
+    diag.forward_steps = t;
+    return M;
+  }
+
+  // Reverse one step tau given w_tau; a holds a_{tau+1} on entry and a_tau on exit.
+  void step_back(const Vec<S>& w_tau, Steps tau) {
+    p.value_grad_hvp(w_tau, a, g, ha, ws);
+    dM_steps[tau] = -a.dot(g);
+    a -= eta.at(tau) * ha;
+    const S amax = maxabs(a);
+    diag.check_vector(Quantity::adjoint, amax, a_nonzero, tau);
+    a_nonzero = amax != S(0);
+  }
+
+  // dM/deta for a constant eta: the sum over steps, in a fixed order (t-1 down to 0).
+  S total() {
+    S sum = 0, sum_abs = 0;
+    for (Index tau = dM_steps.size() - 1; tau >= 0; --tau) {
+      sum += dM_steps[tau];
+      sum_abs += sm::abs(dM_steps[tau]);
+    }
+    diag.grad_condition = sum != S(0) ? sm::to_double(sum_abs / sm::abs(sum)) : std::numeric_limits<double>::infinity();
+    return sum;
+  }
+};
+
+template <class Problem, class S = typename Problem::S>
+Outcome reverse_mode(const Problem& p, const StepSizes<S>& eta, const MetaOptions& opt) {
+  const Steps t = opt.steps;
+  const Index d = p.dim();
+  Diagnostics diag;
+  Backprop<Problem> bp(p, eta, t, diag);
+  Mat<S> W(static_cast<Index>(t) + 1, d);  // stored trajectory
+  Vec<S> w = p.w0();
+  const S M = bp.sweep(w, t, opt.valid, [&](Steps tau, const Vec<S>& wt) { W.row(tau) = wt.transpose(); });
+  diag.stored_states = t + 1;
+  Vec<S> w_tau(d);
+  for (Steps tau = t - 1; tau >= 0; --tau) {
+    w_tau = W.row(tau).transpose();
+    bp.step_back(w_tau, tau);
+  }
+  const S dM = bp.total();
+  return finalize<S>(M, dM, eta.schedule ? &bp.dM_steps : nullptr, opt, std::move(diag));
+}
+
+}  // namespace metastep
