@@ -33,7 +33,7 @@ Trajectory<S> unroll(const Problem& p, const StepSizes<S>& eta, Steps t) {
   tr.losses.reserve(static_cast<size_t>(t) + 1);
   const bool valid = p.has_valid();
   if (valid) tr.valid_losses.reserve(static_cast<size_t>(t) + 1);
-  bool was_nonzero = true;
+  bool was_nonzero = false;  // w_0 = 0 is a legitimate start
   for (Steps tau = 0; tau <= t; ++tau) {
     const S wmax = maxabs(w);
     tr.diag.check_vector(Quantity::iterate, wmax, was_nonzero, tau);

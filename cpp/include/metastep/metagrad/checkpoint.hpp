@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 #include "reverse.hpp"
 
@@ -33,43 +34,72 @@ class Checkpointer {
   Checkpointer(const Problem& p, const StepSizes<S>& eta, Backprop<Problem>& bp, Diagnostics& diag)
       : p_(p), eta_(eta), bp_(bp), diag_(diag), g_(p.dim()) {}
 
-  // Reverse steps a .. b-1 starting from the snapshot w_a, with `snaps` snapshots available
-  // (w_a's own included).
-  void reverse(const Vec<S>& w_a, Steps a, Steps b, std::int64_t snaps) {
-    const Steps n = b - a;
-    if (n <= 0) return;
-    if (n == 1) {
-      bp_.step_back(w_a, a);
-      return;
-    }
-    if (snaps <= 1) {  // only the start: recompute every step from it
-      Vec<S> w(w_a.size());
-      for (Steps j = b - 1; j >= a; --j) {
-        w = w_a;
-        advance(w, a, j);
-        bp_.step_back(w, j);
+  // Reverse steps 0 .. t-1 from the snapshot w0 with at most `snaps` snapshots held at once
+  // (w0's own included). Iterative (explicit stack, depth <= snaps): no recursion limit.
+  void reverse(const Vec<S>& w0, Steps t, std::int64_t snaps) {
+    struct Frame {
+      Vec<S> w;  // state at a
+      Steps a, b;
+      std::int64_t snaps;
+    };
+    std::vector<Frame> stack;
+    stack.push_back(Frame{w0, 0, t, std::max<std::int64_t>(1, snaps)});
+    note_live(1);
+    while (!stack.empty()) {
+      Frame& f = stack.back();
+      const Steps n = f.b - f.a;
+      if (n <= 0) {
+        stack.pop_back();
+        continue;
       }
-      return;
+      if (n == 1) {
+        bp_.step_back(f.w, f.a);
+        stack.pop_back();
+        continue;
+      }
+      if (f.snaps >= n) {  // room for every state of the segment: store them all
+        note_live(static_cast<std::int64_t>(stack.size()) - 1 + n);
+        std::vector<Vec<S>> states(static_cast<size_t>(n));
+        states[0] = f.w;
+        for (Steps j = 1; j < n; ++j) {
+          states[static_cast<size_t>(j)] = states[static_cast<size_t>(j - 1)];
+          advance(states[static_cast<size_t>(j)], f.a + j - 1, f.a + j);
+        }
+        for (Steps j = n - 1; j >= 0; --j) bp_.step_back(states[static_cast<size_t>(j)], f.a + j);
+        stack.pop_back();
+        continue;
+      }
+      if (f.snaps <= 1) {  // only the start: recompute every step from it
+        note_live(static_cast<std::int64_t>(stack.size()) + 1);
+        Vec<S> w(f.w.size());
+        for (Steps j = f.b - 1; j >= f.a; --j) {
+          w = f.w;
+          advance(w, f.a, j);
+          bp_.step_back(w, j);
+        }
+        stack.pop_back();
+        continue;
+      }
+      // Smallest r with C(snaps + r, snaps) >= n, then the split that leaves the right
+      // part reversible with snaps - 1 snapshots and the left part with one fewer pass.
+      std::int64_t r = 1;
+      while (detail::binom_sat(f.snaps + r, f.snaps) < n) ++r;
+      const std::int64_t right_cap = detail::binom_sat(f.snaps - 1 + r, f.snaps - 1);
+      const Steps l = std::max<Steps>(1, std::min<Steps>(n - 1, n - right_cap));
+      Vec<S> w_m = f.w;
+      advance(w_m, f.a, f.a + l);
+      const Steps a = f.a, b = f.b;
+      const std::int64_t s = f.snaps;
+      f.b = a + l;  // the left part stays on the stack, handled after the right part
+      stack.push_back(Frame{std::move(w_m), a + l, b, s - 1});
+      note_live(static_cast<std::int64_t>(stack.size()));
     }
-    // Smallest r with C(snaps + r, snaps) >= n, then the split that leaves the right part
-    // reversible with snaps - 1 snapshots and the left part with one recomputation fewer.
-    std::int64_t r = 1;
-    while (detail::binom_sat(snaps + r, snaps) < n) ++r;
-    const std::int64_t right_cap = detail::binom_sat(snaps - 1 + r, snaps - 1);
-    const Steps l = std::max<Steps>(1, std::min<Steps>(n - 1, n - right_cap));
-    Vec<S> w_m = w_a;
-    advance(w_m, a, a + l);
-    ++live_;
-    peak_ = std::max(peak_, live_);
-    reverse(w_m, a + l, b, snaps - 1);
-    --live_;
-    reverse(w_a, a, a + l, snaps);
   }
 
   std::int64_t peak_snapshots() const { return peak_; }
-  std::int64_t live_ = 1, peak_ = 1;   // w_0 is the first snapshot
 
  private:
+  void note_live(std::int64_t live) { peak_ = std::max(peak_, live); }
   void advance(Vec<S>& w, Steps from, Steps to) {
     for (Steps tau = from; tau < to; ++tau) gd_step(p_, w, eta_.at(tau), g_, ws_);
     diag_.recomputed_steps += to - from;
@@ -80,6 +110,7 @@ class Checkpointer {
   Diagnostics& diag_;
   Workspace<S> ws_;
   Vec<S> g_;
+  std::int64_t peak_ = 0;
 };
 
 // Automatic number of snapshots: about sqrt(t) (at most 2 recomputations per step).
@@ -96,8 +127,7 @@ Outcome checkpoint_mode(const Problem& p, const StepSizes<S>& eta, const MetaOpt
   Vec<S> w = p.w0();
   const S M = bp.sweep(w, t, opt.valid, [](Steps, const Vec<S>&) {});
   Checkpointer<Problem> cp(p, eta, bp, diag);
-  const Vec<S> w0 = p.w0();
-  cp.reverse(w0, 0, t, k);
+  cp.reverse(p.w0(), t, k);
   diag.stored_states = cp.peak_snapshots();
   const S dM = bp.total();
   return finalize<S>(M, dM, eta.schedule ? &bp.dM_steps : nullptr, opt, std::move(diag));

@@ -308,7 +308,8 @@ ExactPoint exact_valid(const Spectrum<S>& sp, S eta_s, Steps t) {
     if (sz[i] != 0) zh[i] = S(sz[i] * std::exp(lz[i] - m));
     if (sd[i] != 0) dh[i] = S(sd[i] * std::exp(ld[i] - md));
   }
-  const Vec<S> rt = sp.r_inf * S(std::exp(rho - m)) + sp.B * zh;
+  Vec<S> rt = sp.B * zh;
+  if (rnorm > 0) rt += sp.r_inf * S(std::exp(rho - m) / rnorm);  // r_inf e^{-m}, norm <= 1
   const Wide nrm2 = Wide(rt.squaredNorm());
   e.log_M = static_cast<long double>(Wide(2) * m + std::log(nrm2) - std::log(Wide(2) * Wide(sp.n_valid)));
   e.sign_M = nrm2 > 0 ? 1 : 0;

@@ -15,7 +15,7 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
   Workspace<S> ws;
   const Index d = p.dim();
   Vec<S> w = p.w0(), v = Vec<S>::Zero(d), g(d), hv(d);
-  bool w_nonzero = true, v_nonzero = false;
+  bool w_nonzero = false, v_nonzero = false;  // zero starts are legitimate
   for (Steps tau = 0; tau < t; ++tau) {
     const S f = p.value_grad_hvp(w, v, g, hv, ws);
     note_loss(diag, Quantity::loss, f, ws, tau);

@@ -30,7 +30,7 @@ struct Backprop {
   // each w_tau handed to `keep(tau, w)` before the step.
   template <class Keep>
   S sweep(Vec<S>& w, Steps t, bool valid, Keep&& keep) {
-    bool w_nonzero = true;
+    bool w_nonzero = false;  // w_0 = 0 is a legitimate start
     for (Steps tau = 0; tau < t; ++tau) {
       keep(tau, w);
       const S wmax = maxabs(w);

@@ -1,0 +1,114 @@
+"""Input checking shared by the public API. Every check raises an exception naming the
+argument and what is wrong with it; nothing is coerced silently except what the docs say
+(any real numeric array is converted exactly to a C-contiguous float64 copy)."""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional
+
+import numpy as np
+
+DTYPES = ("float32", "float64", "longdouble")
+FUTURE_DTYPES = ("quad", "mp")
+
+_DTYPE_ALIASES = {
+    "float32": "float32", "single": "float32", "f4": "float32",
+    "float64": "float64", "double": "float64", "f8": "float64",
+    "longdouble": "longdouble", "long double": "longdouble",
+}
+
+
+def dtype_name(dtype: Any) -> str:
+    """Normalise a precision argument to one of :data:`DTYPES`."""
+    if isinstance(dtype, str):
+        key = dtype.strip().lower()
+        if key in ("float128", "f16"):
+            raise ValueError(
+                f"dtype {dtype!r} is ambiguous: numpy's 'float128' is the 80-bit x87 long double on x86-64; "
+                "use 'longdouble' for it (IEEE binary128 'quad' is a separate precision)")
+        if key in FUTURE_DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not compiled into this build; available: {', '.join(DTYPES)}")
+        if key in _DTYPE_ALIASES:
+            return _DTYPE_ALIASES[key]
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a string such as 'float64' or a numpy floating type, not {type(dtype).__name__}") from None
+    if dt == np.float32:
+        return "float32"
+    if dt == np.float64:
+        return "float64"
+    if dt == np.longdouble:
+        return "longdouble"
+    raise ValueError(f"unsupported dtype {dt}; expected one of {', '.join(DTYPES)}")
+
+
+def real_array(x: Any, name: str, ndim: int) -> np.ndarray:
+    """A finite, real, C-contiguous float64 copy of ``x`` with exactly ``ndim`` dimensions."""
+    if x is None:
+        raise TypeError(f"{name} is required")
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be a numeric array, not {type(x).__name__}")
+    a = np.asarray(x)
+    if a.dtype == object or a.dtype.kind not in "biuf":
+        if a.dtype.kind == "c":
+            raise TypeError(f"{name} must be real; got a complex array")
+        raise TypeError(f"{name} must be a real numeric array; got dtype {a.dtype}")
+    if a.dtype.kind == "b":
+        raise TypeError(f"{name} must be a real numeric array; got booleans")
+    if a.dtype == np.longdouble and a.size and not np.array_equal(a.astype(np.float64).astype(np.longdouble), a):
+        raise ValueError(f"{name} has long double entries that are not exactly representable in float64; "
+                         "inputs are taken as float64 arrays")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional; got shape {a.shape}")
+    if any(s == 0 for s in a.shape):
+        raise ValueError(f"{name} must not be empty; got shape {a.shape}")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    if not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{name} contains NaN or inf (first at index {tuple(int(i) for i in bad)})")
+    return a
+
+
+def positive_int(x: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{name} must be an integer; got {type(x).__name__} {x!r}")
+    v = int(x)
+    if v < minimum:
+        raise ValueError(f"{name} must be at least {minimum}; got {v}")
+    if v > 2**62:
+        raise ValueError(f"{name} = {v} is too large (at most 2**62)")
+    return v
+
+
+def step_sizes(eta: Any, name: str = "eta") -> tuple[np.ndarray, bool]:
+    """(1-D float64 array of step sizes, whether a scalar was given)."""
+    if isinstance(eta, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a real number or a 1-D array of them, not a boolean")
+    scalar = np.ndim(eta) == 0
+    if isinstance(eta, (str, bytes)):
+        raise TypeError(f"{name} must be a real number or a 1-D array of them, not {type(eta).__name__}")
+    a = np.asarray(eta)
+    if a.dtype == object or a.dtype.kind not in "iuf":
+        raise TypeError(f"{name} must be real; got dtype {a.dtype}")
+    if a.ndim > 1:
+        raise ValueError(f"{name} must be a scalar or a 1-D array; got shape {a.shape}")
+    a = np.ascontiguousarray(np.atleast_1d(a), dtype=np.float64)
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} must be finite; got {a[~np.isfinite(a)][0]}")
+    if np.any(a < 0):
+        raise ValueError(f"{name} must be non-negative; got {a[a < 0][0]}")
+    return a, scalar
+
+
+def choice(x: Any, name: str, options: tuple[str, ...]) -> str:
+    if not isinstance(x, str) or x not in options:
+        raise ValueError(f"unknown {name} {x!r}; expected one of {', '.join(repr(o) for o in options)}")
+    return x
+
+
+def optional_int(x: Optional[Any], name: str, minimum: int = 1) -> Optional[int]:
+    return None if x is None else positive_int(x, name, minimum)

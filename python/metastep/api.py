@@ -1,0 +1,203 @@
+"""Public entry points: unrolled runs and meta-gradients (SPEC §2–§4)."""
+from __future__ import annotations
+
+from typing import Any, Optional, Union
+
+import numpy as np
+
+from . import _core
+from ._validate import choice, dtype_name, optional_int, positive_int, real_array, step_sizes
+from .problems import LeastSquares, Quadratic
+from .results import MetaGradResult, UnrollResult
+
+__all__ = ["unroll", "metagrad", "MODES", "OBJECTIVES", "DEFAULT_MEMORY_LIMIT", "itemsize"]
+
+MODES = ("auto", "reverse", "checkpoint", "forward", "exact", "fd")
+OBJECTIVES = ("final", "log")
+ON = ("train", "valid")
+#: Bytes that a stored trajectory (reverse mode, unroll history) may take before a call is refused.
+DEFAULT_MEMORY_LIMIT = 4 * 2**30
+#: Largest problem (d, or min(n, d) for least squares) that ``mode="auto"`` sends to the exact mode.
+AUTO_EXACT_MAX_DIM = 2000
+
+Problem = Union[Quadratic, LeastSquares]
+
+
+def itemsize(dtype: str) -> int:
+    """Bytes per scalar of a precision."""
+    return {"float32": 4, "float64": 8, "longdouble": int(np.dtype(np.longdouble).itemsize)}[dtype_name(dtype)]
+
+
+def _check_problem(problem: Any) -> Problem:
+    if not isinstance(problem, (Quadratic, LeastSquares)):
+        raise TypeError(f"problem must be a metastep.Quadratic or metastep.LeastSquares, not {type(problem).__name__}")
+    return problem
+
+
+def _schedule_and_steps(eta: Any, steps: Any, schedule: Any) -> tuple[Optional[np.ndarray], int]:
+    if schedule is None:
+        if eta is None:
+            raise TypeError("give a step size eta (or a schedule=)")
+        if steps is None:
+            raise TypeError("steps (the number of inner GD steps t) is required")
+        return None, positive_int(steps, "steps")
+    if eta is not None:
+        raise ValueError("give either eta or schedule=, not both")
+    sched = real_array(schedule, "schedule", 1)
+    if np.any(sched < 0):
+        raise ValueError(f"schedule must be non-negative; got {sched[sched < 0][0]} at step {int(np.argmax(sched < 0))}")
+    if steps is not None and positive_int(steps, "steps") != sched.size:
+        raise ValueError(f"schedule has length {sched.size} but steps = {steps}")
+    return sched, int(sched.size)
+
+
+def _memory_guard(what: str, states: int, d: int, dtype: str, limit: Optional[int], advice: str) -> None:
+    limit = DEFAULT_MEMORY_LIMIT if limit is None else int(limit)
+    need = states * d * itemsize(dtype)
+    if need > limit:
+        raise MemoryError(f"{what} would store {states} vectors of dimension {d} in {dtype} "
+                          f"({need / 2**30:.2f} GiB > limit {limit / 2**30:.2f} GiB); {advice}")
+
+
+def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: Any = None,
+           dtype: Any = "float64", memory_limit: Optional[int] = None) -> UnrollResult:
+    """Run t steps of gradient descent and return the loss at every step.
+
+    Parameters
+    ----------
+    problem : Quadratic or LeastSquares
+    eta : float
+        Constant step size (or give ``schedule``).
+    steps : int
+        Number of inner steps t ≥ 1 (inferred from ``schedule`` when omitted).
+    schedule : array_like, shape (t,), optional
+        One step size per step.
+    dtype : {"float32", "float64", "longdouble"}
+        Precision of the whole run (inputs are converted exactly from float64).
+
+    Returns
+    -------
+    UnrollResult
+        ``losses`` (t + 1 values; ``valid_losses`` too for a task with a validation set),
+        ``w_final``, ``status`` and ``diagnostics``.
+    """
+    problem = _check_problem(problem)
+    dtype = dtype_name(dtype)
+    sched, t = _schedule_and_steps(eta, steps, schedule)
+    e = 0.0
+    if sched is None:
+        arr, scalar = step_sizes(eta)
+        if not scalar:
+            raise ValueError("unroll takes one step size; loop over step sizes or use metagrad for a batch")
+        e = float(arr[0])
+    _memory_guard("unroll's loss history", t + 1, 4, dtype, memory_limit, "use fewer steps")
+    out = getattr(_core, f"unroll_{dtype}")(problem._core(dtype), e, sched, t)
+    return UnrollResult(
+        losses=out["losses"], log_losses=out["log_losses"], losses_ext=out["losses_ext"],
+        valid_losses=out.get("valid_losses"), log_valid_losses=out.get("log_valid_losses"),
+        w_final=out["w_final"], w_final_ext=out["w_final_ext"], status=out["status"],
+        diagnostics=out["diagnostics"], dtype=dtype, steps=t)
+
+
+def _resolve_auto(problem: Problem, sched: Optional[np.ndarray], t: int, dtype: str) -> str:
+    d = problem.d
+    if sched is not None:
+        return "reverse" if (t + 1) * d * itemsize(dtype) <= 256 * 2**20 else "checkpoint"
+    size = min(problem.n, problem.d) if isinstance(problem, LeastSquares) else problem.d
+    return "exact" if size <= AUTO_EXACT_MAX_DIM else "forward"
+
+
+def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective: str = "final",
+             on: str = "train", mode: str = "auto", dtype: Any = "float64", schedule: Any = None,
+             checkpoints: Any = None, memory_limit: Optional[int] = None) -> MetaGradResult:
+    """Meta-objective of t-step GD and its derivative with respect to the step size.
+
+    Parameters
+    ----------
+    problem : Quadratic or LeastSquares
+    eta : float or array_like of shape (m,)
+        Step size, or a batch of step sizes evaluated in one call (arrays come back).
+    steps : int
+        Number of inner steps t ≥ 1.
+    objective : {"final", "log"}
+        ``"final"``: F(η) = f(w_t); ``"log"``: G(η) = (1/t) log f(w_t).
+    on : {"train", "valid"}
+        Loss on the training set (train-by-train) or on the task's validation set
+        (train-by-validation; least squares only).
+    mode : {"auto", "reverse", "checkpoint", "forward", "exact", "fd"}
+        How the derivative is computed (SPEC §4). ``"auto"`` takes ``"exact"`` for a constant
+        step size on problems up to 2000 dimensions, ``"forward"`` beyond, and reverse (or
+        checkpoint when the trajectory would exceed 256 MiB) for schedules.
+    dtype : {"float32", "float64", "longdouble"}
+        Working precision.
+    schedule : array_like of shape (t,), optional
+        One step size per inner step instead of ``eta``. Reverse and checkpoint modes return
+        dF/dη_τ for every τ; forward and fd return the derivative along all-ones.
+    checkpoints : int, optional
+        Checkpoint mode: snapshots held at once (default ⌈√t⌉). Memory O(k·d).
+    memory_limit : int, optional
+        Bytes a stored trajectory may take (default :data:`DEFAULT_MEMORY_LIMIT`).
+
+    Returns
+    -------
+    MetaGradResult
+        ``value``, ``grad`` (float64), ``log_abs_value``, ``log_abs_grad``, ``sign_grad``,
+        ``status`` and ``diagnostics``; arrays for a batch of step sizes.
+    """
+    problem = _check_problem(problem)
+    dtype = dtype_name(dtype)
+    objective = choice(objective, "objective", OBJECTIVES)
+    on = choice(on, "on", ON)
+    mode = choice(mode, "mode", MODES)
+    sched, t = _schedule_and_steps(eta, steps, schedule)
+    if on == "valid" and not problem.has_valid:
+        raise ValueError("on='valid' needs a LeastSquares task with X_valid and y_valid")
+    k = optional_int(checkpoints, "checkpoints")
+    if k is not None and mode not in ("checkpoint", "auto"):
+        raise ValueError(f"checkpoints= applies to mode='checkpoint', not mode={mode!r}")
+    if mode == "auto":
+        mode = "checkpoint" if k is not None else _resolve_auto(problem, sched, t, dtype)
+    if sched is not None:
+        etas, scalar = np.zeros(1), True
+    else:
+        etas, scalar = step_sizes(eta)
+    if mode == "exact":
+        if sched is not None:
+            raise ValueError("mode='exact' needs a constant step size; use mode='reverse' or 'checkpoint' for schedules")
+        out = getattr(_core, f"exact_{dtype}")(problem._spectrum(dtype), etas, t, objective, on == "valid")
+    else:
+        if mode == "reverse":
+            _memory_guard("reverse mode", t + 1, problem.d, dtype, memory_limit,
+                          "use mode='checkpoint' (memory O(k d)), 'forward' (O(d)) or 'exact'")
+        if mode == "checkpoint" and k is not None:
+            _memory_guard("checkpoint mode", min(k, t + 1), problem.d, dtype, memory_limit,
+                          "use fewer checkpoints")
+        out = getattr(_core, f"metagrad_{dtype}")(problem._core(dtype), mode, etas, sched, t, objective,
+                                                  on == "valid", k or 0)
+    return _result(out, scalar, sched is not None, mode, dtype, objective, on, t,
+                   None if sched is not None else (float(etas[0]) if scalar else etas))
+
+
+def _result(out: dict, scalar: bool, has_schedule: bool, mode: str, dtype: str, objective: str, on: str,
+            t: int, eta: Any) -> MetaGradResult:
+    def pick(key: str) -> Any:
+        a = out[key]
+        if scalar:
+            v = a[0]
+            return v if key.endswith("_ext") else (int(v) if key.startswith("sign") else float(v))
+        return a
+
+    status = out["status"][0] if scalar else list(out["status"])
+    diags = out["diagnostics"][0] if scalar else list(out["diagnostics"])
+    grad, log_abs_grad, sign_grad, grad_ext = pick("grad"), pick("log_abs_grad"), pick("sign_grad"), pick("grad_ext")
+    along = None
+    if has_schedule:
+        along = grad
+        if "grad_steps" in out:
+            grad, log_abs_grad = out["grad_steps"], out["log_abs_grad_steps"]
+            sign_grad, grad_ext = out["sign_grad_steps"], out["grad_steps_ext"]
+    return MetaGradResult(
+        value=pick("value"), grad=grad, log_abs_value=pick("log_abs_value"), sign_value=pick("sign_value"),
+        log_abs_grad=log_abs_grad, sign_grad=sign_grad, status=status, value_ext=pick("value_ext"),
+        grad_ext=grad_ext, mode=mode, dtype=dtype, objective=objective, on=on, steps=t, eta=eta,
+        diagnostics=diags, grad_along_ones=along)
