@@ -12,7 +12,7 @@ from .results import MetaGradResult, UnrollResult
 
 __all__ = ["unroll", "metagrad", "MODES", "OBJECTIVES", "DEFAULT_MEMORY_LIMIT", "itemsize"]
 
-MODES = ("auto", "reverse", "checkpoint", "forward", "exact", "fd")
+MODES = ("auto", "reverse", "checkpoint", "forward", "exact", "scaled", "scaled_forward", "scaled_reverse", "fd")
 OBJECTIVES = ("final", "log")
 ON = ("train", "valid")
 #: Bytes that a stored trajectory (reverse mode, unroll history) may take before a call is refused.
@@ -102,9 +102,9 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
 def _resolve_auto(problem: Problem, sched: Optional[np.ndarray], t: int, dtype: str) -> str:
     d = problem.d
     if sched is not None:
-        return "reverse" if (t + 1) * d * itemsize(dtype) <= 256 * 2**20 else "checkpoint"
+        return "scaled_reverse" if (t + 1) * d * itemsize(dtype) <= 256 * 2**20 else "checkpoint"
     size = min(problem.n, problem.d) if isinstance(problem, LeastSquares) else problem.d
-    return "exact" if size <= AUTO_EXACT_MAX_DIM else "forward"
+    return "exact" if size <= AUTO_EXACT_MAX_DIM else "scaled_forward"
 
 
 def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective: str = "final",
@@ -124,10 +124,12 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
     on : {"train", "valid"}
         Loss on the training set (train-by-train) or on the task's validation set
         (train-by-validation; least squares only).
-    mode : {"auto", "reverse", "checkpoint", "forward", "exact", "fd"}
-        How the derivative is computed (SPEC §4). ``"auto"`` takes ``"exact"`` for a constant
-        step size on problems up to 2000 dimensions, ``"forward"`` beyond, and reverse (or
-        checkpoint when the trajectory would exceed 256 MiB) for schedules.
+    mode : {"auto", "reverse", "checkpoint", "forward", "exact", "scaled", "scaled_forward", "scaled_reverse", "fd"}
+        How the derivative is computed (SPEC §4). ``"scaled"`` is the range-safe mode: the
+        forward variant for a constant step size, the reverse variant for a schedule.
+        ``"auto"`` takes ``"exact"`` for a constant step size on problems up to 2000
+        dimensions, ``"scaled_forward"`` beyond, and ``"scaled_reverse"`` (or ``"checkpoint"``
+        when the trajectory would exceed 256 MiB) for schedules.
     dtype : {"float32", "float64", "longdouble"}
         Working precision.
     schedule : array_like of shape (t,), optional
@@ -157,6 +159,8 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         raise ValueError(f"checkpoints= applies to mode='checkpoint', not mode={mode!r}")
     if mode == "auto":
         mode = "checkpoint" if k is not None else _resolve_auto(problem, sched, t, dtype)
+    if mode == "scaled":
+        mode = "scaled_reverse" if sched is not None else "scaled_forward"
     if sched is not None:
         etas, scalar = np.zeros(1), True
     else:
@@ -166,9 +170,9 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
             raise ValueError("mode='exact' needs a constant step size; use mode='reverse' or 'checkpoint' for schedules")
         out = getattr(_core, f"exact_{dtype}")(problem._spectrum(dtype), etas, t, objective, on == "valid")
     else:
-        if mode == "reverse":
-            _memory_guard("reverse mode", t + 1, problem.d, dtype, memory_limit,
-                          "use mode='checkpoint' (memory O(k d)), 'forward' (O(d)) or 'exact'")
+        if mode in ("reverse", "scaled_reverse"):
+            _memory_guard(f"{mode} mode", t + 1, problem.d, dtype, memory_limit,
+                          "use mode='checkpoint' (memory O(k d)), 'forward' or 'scaled_forward' (O(d)) or 'exact'")
         if mode == "checkpoint" and k is not None:
             _memory_guard("checkpoint mode", min(k, t + 1), problem.d, dtype, memory_limit,
                           "use fewer checkpoints")

@@ -54,7 +54,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     else:
         problem = problems.random_least_squares(args.d, args.n, args.sigma, args.seed,
                                                 n_valid=args.n if args.on == "valid" else 0)
-    modes = [m for m in api.MODES if m != "auto"] if args.modes == "all" else args.modes.split(",")
+    modes = [m for m in api.MODES if m not in ("auto", "scaled")] if args.modes == "all" else args.modes.split(",")
     dtypes = list(DTYPES) if args.dtypes == "all" else args.dtypes.split(",")
     t0 = time.perf_counter()
     ref, ref_name = _reference(problem, args)

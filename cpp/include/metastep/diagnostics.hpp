@@ -26,6 +26,12 @@ struct Log2Range {
     hi = std::max(hi, l2);
     seen = true;
   }
+  void add_log2(double l2) {  // a magnitude known as log2 (scaled mode: exponent + mantissa)
+    if (!std::isfinite(l2)) return;
+    lo = std::min(lo, l2);
+    hi = std::max(hi, l2);
+    seen = true;
+  }
 };
 
 enum class Quantity { iterate, tangent, adjoint, loss, meta_loss, meta_grad };

@@ -8,17 +8,20 @@
 #include "metagrad/fd.hpp"
 #include "metagrad/forward.hpp"
 #include "metagrad/reverse.hpp"
+#include "metagrad/scaled.hpp"
 #include "trajectory.hpp"
 
 namespace metastep {
 
-enum class Mode { reverse, checkpoint, forward, fd };
+enum class Mode { reverse, checkpoint, forward, fd, scaled_forward, scaled_reverse };
 inline Mode parse_mode(const std::string& s) {
   if (s == "reverse") return Mode::reverse;
   if (s == "checkpoint") return Mode::checkpoint;
   if (s == "forward") return Mode::forward;
   if (s == "fd") return Mode::fd;
-  throw std::invalid_argument("unknown iterative mode '" + s + "': expected reverse, checkpoint, forward or fd");
+  if (s == "scaled" || s == "scaled_forward") return Mode::scaled_forward;
+  if (s == "scaled_reverse") return Mode::scaled_reverse;
+  throw std::invalid_argument("unknown iterative mode '" + s + "': expected reverse, checkpoint, forward, fd, scaled, scaled_forward or scaled_reverse");
 }
 
 template <class Problem, class S = typename Problem::S>
@@ -30,6 +33,8 @@ Outcome run_mode(const Problem& p, Mode mode, const StepSizes<S>& eta, const Met
     case Mode::checkpoint: return checkpoint_mode(p, eta, opt);
     case Mode::forward: return forward_mode(p, eta, opt);
     case Mode::fd: return fd_mode(p, eta, opt);
+    case Mode::scaled_forward: return scaled_forward(p, eta, opt);
+    case Mode::scaled_reverse: return scaled_reverse(p, eta, opt);
   }
   throw std::invalid_argument("unknown mode");
 }

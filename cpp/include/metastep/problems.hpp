@@ -4,6 +4,8 @@
 //   value_grad(w, g, ws)            -> f(w), writes g = grad f(w)
 //   value_grad_hvp(w, v, g, hv, ws) -> f(w), writes g and hv = H v in one pass over the data
 //   meta(valid, w, gM, ws)          -> meta-loss M(w) on the training or validation set, and grad M
+// Each takes an optional last argument `off` multiplying the constant term (w* or y): the
+// scaled mode carries w = 2^E w^ together with off = 2^-E, so that f(w) = 4^E f^(w^, off).
 // Problems are immutable after construction (safe to share between threads); all scratch
 // space lives in a Workspace created per run.
 #pragma once
@@ -52,35 +54,39 @@ class Quadratic {
   const Vec<S>& w_star() const { return ws_; }
   bool has_valid() const { return false; }
 
-  S value_grad(const Vec<S>& w, Vec<S>& g, Workspace<S>& ws) const {
-    ws.r = w - ws_;
+  bool has_offset() const { return ws_scale_ > S(0); }
+  S value_grad(const Vec<S>& w, Vec<S>& g, Workspace<S>& ws, S off = S(1)) const {
+    if (off == S(1)) ws.r = w - ws_;
+    else ws.r = w - off * ws_;
     g.noalias() = H_ * ws.r;
-    note_residual(ws);
+    note_residual(ws, off);
     return S(0.5) * ws.r.dot(g);
   }
-  S value_grad_hvp(const Vec<S>& w, const Vec<S>& v, Vec<S>& g, Vec<S>& hv, Workspace<S>& ws) const {
+  S value_grad_hvp(const Vec<S>& w, const Vec<S>& v, Vec<S>& g, Vec<S>& hv, Workspace<S>& ws,
+                   S off = S(1)) const {
     ws.in.resize(dim(), 2);
-    ws.in.col(0) = w - ws_;
+    if (off == S(1)) ws.in.col(0) = w - ws_;
+    else ws.in.col(0) = w - off * ws_;
     ws.in.col(1) = v;
     ws.out.noalias() = H_ * ws.in;
     g = ws.out.col(0);
     hv = ws.out.col(1);
     ws.r = ws.in.col(0);
-    note_residual(ws);
+    note_residual(ws, off);
     return S(0.5) * ws.r.dot(g);
   }
-  S meta(bool valid, const Vec<S>& w, Vec<S>* gM, Workspace<S>& ws) const {
+  S meta(bool valid, const Vec<S>& w, Vec<S>* gM, Workspace<S>& ws, S off = S(1)) const {
     if (valid) throw std::invalid_argument("a quadratic problem has no validation set");
     Vec<S> tmp;
-    return value_grad(w, gM ? *gM : tmp, ws);
+    return value_grad(w, gM ? *gM : tmp, ws, off);
   }
 
  private:
-  void note_residual(Workspace<S>& ws) const {
+  void note_residual(Workspace<S>& ws, S off) const {
     ws.residual_maxabs = maxabs(ws.r);
     // w - w* cancels when w approaches a non-zero w*: its relative error is about
     // eps * max|w*| / max|w - w*|. Beyond sqrt(eps) the loss has lost half its digits.
-    ws.cancellation = ws_scale_ > S(0) && ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * ws_scale_;
+    ws.cancellation = ws_scale_ > S(0) && ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * ws_scale_ * off;
   }
   Mat<S> H_;
   Vec<S> w0_, ws_;
@@ -114,30 +120,33 @@ class LeastSquares {
   const Vec<S>& y_valid() const { return yv_; }
   bool has_valid() const { return Xv_.rows() > 0; }
 
-  S value_grad(const Vec<S>& w, Vec<S>& g, Workspace<S>& ws) const {
-    return residual_value_grad(X_, y_, y_scale_, w, &g, ws);
+  bool has_offset() const { return y_scale_ > S(0) || yv_scale_ > S(0); }
+  S value_grad(const Vec<S>& w, Vec<S>& g, Workspace<S>& ws, S off = S(1)) const {
+    return residual_value_grad(X_, y_, y_scale_, w, &g, ws, off);
   }
-  S value_grad_hvp(const Vec<S>& w, const Vec<S>& v, Vec<S>& g, Vec<S>& hv, Workspace<S>& ws) const {
+  S value_grad_hvp(const Vec<S>& w, const Vec<S>& v, Vec<S>& g, Vec<S>& hv, Workspace<S>& ws,
+                   S off = S(1)) const {
     ws.in.resize(dim(), 2);
     ws.in.col(0) = w;
     ws.in.col(1) = v;
     ws.rows.noalias() = X_ * ws.in;
     const S xw_scale = maxabs(Vec<S>(ws.rows.col(0)));
-    ws.rows.col(0) -= y_;
+    if (off == S(1)) ws.rows.col(0) -= y_;
+    else ws.rows.col(0) -= off * y_;
     ws.out.noalias() = X_.transpose() * ws.rows;
     const S inv_n = S(1) / S(n());
     g = ws.out.col(0) * inv_n;
     hv = ws.out.col(1) * inv_n;
     ws.r = ws.rows.col(0);
-    note_residual(ws, xw_scale + y_scale_);
+    note_residual(ws, xw_scale + off * y_scale_);
     return ws.r.squaredNorm() * (S(0.5) * inv_n);
   }
-  S meta(bool valid, const Vec<S>& w, Vec<S>* gM, Workspace<S>& ws) const {
+  S meta(bool valid, const Vec<S>& w, Vec<S>* gM, Workspace<S>& ws, S off = S(1)) const {
     if (valid) {
       if (!has_valid()) throw std::invalid_argument("this least-squares task has no validation set");
-      return residual_value_grad(Xv_, yv_, yv_scale_, w, gM, ws);
+      return residual_value_grad(Xv_, yv_, yv_scale_, w, gM, ws, off);
     }
-    return residual_value_grad(X_, y_, y_scale_, w, gM, ws);
+    return residual_value_grad(X_, y_, y_scale_, w, gM, ws, off);
   }
 
  private:
@@ -147,13 +156,14 @@ class LeastSquares {
     ws.cancellation = ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * scale && scale > S(0);
   }
   static S residual_value_grad(const Mat<S>& A, const Vec<S>& b, S b_scale, const Vec<S>& w, Vec<S>* g,
-                               Workspace<S>& ws) {
+                               Workspace<S>& ws, S off) {
     ws.r.noalias() = A * w;
     const S aw_scale = maxabs(ws.r);
-    ws.r -= b;
+    if (off == S(1)) ws.r -= b;
+    else ws.r -= off * b;
     const S inv_n = S(1) / S(A.rows());
     if (g) g->noalias() = (A.transpose() * ws.r) * inv_n;
-    note_residual(ws, aw_scale + b_scale);
+    note_residual(ws, aw_scale + off * b_scale);
     return ws.r.squaredNorm() * (S(0.5) * inv_n);
   }
   Mat<S> X_;

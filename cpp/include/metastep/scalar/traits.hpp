@@ -44,6 +44,8 @@ template <class S> inline S min_normal() { return std::numeric_limits<S>::min();
 template <class S> inline S highest() { return std::numeric_limits<S>::max(); }
 template <class S> inline S infinity() { return std::numeric_limits<S>::infinity(); }
 template <class S> inline S quiet_nan() { return std::numeric_limits<S>::quiet_NaN(); }
+template <class S> inline S ldexp(S x, int e) { return std::ldexp(x, e); }
+template <class S> inline S frexp(S x, int* e) { return std::frexp(x, e); }
 template <class S> inline double to_double(S x) { return static_cast<double>(x); }
 template <class S> inline long double to_longdouble(S x) { return static_cast<long double>(x); }
 template <class S> inline S from_double(double x) { return static_cast<S>(x); }

@@ -1,0 +1,199 @@
+// Scaled mode (SPEC §4.5): forward or reverse propagation with the state carried as a
+// mantissa vector times a power of two, renormalised after every step.
+//
+// GD on a quadratic is affine in w: w' = (I - eta H) w + eta H w*  (or + eta X^T y / n).
+// Writing w = 2^E w^ and carrying the constant as off = 2^-E, the step becomes the same
+// linear map on (w^, off); the tangent v = 2^Ev v^ and the adjoint a = 2^Ea a^ obey linear
+// maps too. Multiplying by a power of two is exact, so nothing is approximated: the
+// exponents (64-bit integers) absorb the exponential growth or decay in t, and log f(w_t),
+// G'(eta) and F'(eta) (as log-magnitude and sign) come out right at any t, even in float32.
+// Costs: forward as plain forward mode, reverse as plain reverse mode (plus one exponent per
+// stored step).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "common.hpp"
+#include "exact.hpp"
+
+namespace metastep {
+
+namespace detail {
+
+constexpr long double LN2 = 0.693147180559945309417232121458176568L;
+
+// Scale x (and the constant-term factor *off, if given) by 2^-k so that its largest
+// magnitude lies in [1/2, 1); returns k. Zero or non-finite vectors are left alone (0).
+template <class S>
+std::int64_t renormalize(Vec<S>& x, S* off) {
+  S m = maxabs(x);
+  if (off) m = std::max(m, sm::abs(*off));
+  if (!(m > S(0)) || !sm::isfinite(m)) return 0;
+  int k = 0;
+  sm::frexp(m, &k);
+  if (k == 0) return 0;
+  for (Index i = 0; i < x.size(); ++i) x[i] = sm::ldexp(x[i], -k);
+  if (off) *off = sm::ldexp(*off, -k);
+  return k;
+}
+
+// 2^diff as a scalar, saturating the exponent (a factor beyond the range means the scaled
+// term is negligible, or dominant, by more than the type can express).
+template <class S>
+S pow2(std::int64_t diff) {
+  const std::int64_t lim = 1 << 20;
+  diff = std::max<std::int64_t>(-lim, std::min<std::int64_t>(lim, diff));
+  return sm::ldexp(S(1), static_cast<int>(diff));
+}
+
+// log of a positive scalar computed in S (mantissas are near 1: no range issue), as long double.
+template <class S>
+long double log_of(S x) {
+  return static_cast<long double>(sm::to_longdouble(sm::log(sm::abs(x))));
+}
+
+template <class S>
+double log2_mag(std::int64_t E, S mant) {
+  if (!(sm::abs(mant) > S(0))) return -std::numeric_limits<double>::infinity();
+  return static_cast<double>(E) + sm::log_abs(mant) / std::log(2.0);
+}
+
+// Objective from log M and the log-magnitude/sign of dM/deta (shared by both variants).
+inline Outcome scaled_outcome(long double logM, bool M_pos, long double log_dM, int sign_dM,
+                              const MetaOptions& opt, Diagnostics diag) {
+  Outcome out;
+  const long double t = static_cast<long double>(opt.steps);
+  if (opt.objective == Objective::final_loss) {
+    out.value = M_pos ? Num::of_log(logM, 1) : Num::of(0.0);
+    out.grad = Num::of_log(log_dM, sign_dM);
+  } else if (!M_pos) {
+    diag.fail(Quantity::meta_loss, "zero (log undefined)", opt.steps);
+    out.value = Num::of(-std::numeric_limits<double>::infinity());
+    out.grad = Num::of(std::numeric_limits<double>::quiet_NaN());
+  } else {
+    out.value = Num::of(logM / t);
+    out.grad = Num::of_log(log_dM - std::log(t) - logM, sign_dM);
+  }
+  out.diag = std::move(diag);
+  return out;
+}
+
+}  // namespace detail
+
+template <class Problem, class S = typename Problem::S>
+Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOptions& opt) {
+  using namespace detail;
+  const Steps t = opt.steps;
+  const Index d = p.dim();
+  Diagnostics diag;
+  Workspace<S> ws;
+  Vec<S> w = p.w0(), v = Vec<S>::Zero(d), g(d), hv(d);
+  S off = p.has_offset() ? S(1) : S(0);
+  S* offp = p.has_offset() ? &off : nullptr;
+  std::int64_t Ew = renormalize(w, offp), Ev = Ew;
+  for (Steps tau = 0; tau < t; ++tau) {
+    const S f = p.value_grad_hvp(w, v, g, hv, ws, off);
+    diag.loss.add_log2(log2_mag(2 * Ew, f));
+    diag.iterate.add_log2(log2_mag(Ew, maxabs(w)));
+    diag.tangent.add_log2(log2_mag(Ev, maxabs(v)));
+    if (!sm::isfinite(f)) diag.fail(Quantity::loss, "non-finite", tau);
+    if (ws.cancellation) diag.fail(Quantity::loss, "cancellation", tau);
+    const S e = eta.at(tau);
+    if (maxabs(v) == S(0)) Ev = Ew;  // v = 0: give it w's scale
+    const S rel = pow2<S>(Ew - Ev);
+    w -= e * g;
+    v -= rel * g + e * hv;
+    Ew += renormalize(w, offp);
+    Ev += renormalize(v, static_cast<S*>(nullptr));
+    if (!sm::isfinite(maxabs(w))) diag.fail(Quantity::iterate, "non-finite", tau + 1);
+    if (!sm::isfinite(maxabs(v))) diag.fail(Quantity::tangent, "non-finite", tau + 1);
+  }
+  diag.iterate.add_log2(log2_mag(Ew, maxabs(w)));
+  diag.tangent.add_log2(log2_mag(Ev, maxabs(v)));
+  Vec<S> gM(d);
+  const S Mh = p.meta(opt.valid, w, &gM, ws, off);
+  if (ws.cancellation) diag.fail(Quantity::meta_loss, "cancellation", t);
+  if (!sm::isfinite(Mh)) diag.fail(Quantity::meta_loss, "non-finite", t);
+  const S q = gM.dot(v);
+  if (!sm::isfinite(q)) diag.fail(Quantity::meta_grad, "non-finite", t);
+  const bool M_pos = Mh > S(0);
+  const long double logM = M_pos ? 2.0L * Ew * LN2 + log_of(Mh) : -std::numeric_limits<long double>::infinity();
+  const long double log_dM = q != S(0) ? static_cast<long double>(Ew + Ev) * LN2 + log_of(q)
+                                      : -std::numeric_limits<long double>::infinity();
+  diag.forward_steps = t;
+  return scaled_outcome(logM, M_pos, log_dM, sm::sign(q), opt, std::move(diag));
+}
+
+template <class Problem, class S = typename Problem::S>
+Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOptions& opt) {
+  using namespace detail;
+  const Steps t = opt.steps;
+  const Index d = p.dim();
+  Diagnostics diag;
+  Workspace<S> ws;
+  Mat<S> W(static_cast<Index>(t) + 1, d);
+  std::vector<std::int64_t> E(static_cast<size_t>(t) + 1);
+  std::vector<S> offs(static_cast<size_t>(t) + 1);
+  Vec<S> w = p.w0(), g(d), ha(d);
+  S off = p.has_offset() ? S(1) : S(0);
+  S* offp = p.has_offset() ? &off : nullptr;
+  std::int64_t Ew = renormalize(w, offp);
+  for (Steps tau = 0; tau < t; ++tau) {
+    W.row(tau) = w.transpose();
+    E[static_cast<size_t>(tau)] = Ew;
+    offs[static_cast<size_t>(tau)] = off;
+    const S f = p.value_grad(w, g, ws, off);
+    diag.loss.add_log2(log2_mag(2 * Ew, f));
+    diag.iterate.add_log2(log2_mag(Ew, maxabs(w)));
+    if (!sm::isfinite(f)) diag.fail(Quantity::loss, "non-finite", tau);
+    if (ws.cancellation) diag.fail(Quantity::loss, "cancellation", tau);
+    w -= eta.at(tau) * g;
+    Ew += renormalize(w, offp);
+    if (!sm::isfinite(maxabs(w))) diag.fail(Quantity::iterate, "non-finite", tau + 1);
+  }
+  W.row(t) = w.transpose();
+  E[static_cast<size_t>(t)] = Ew;
+  diag.stored_states = t + 1;
+  Vec<S> a(d);
+  const S Mh = p.meta(opt.valid, w, &a, ws, off);
+  if (ws.cancellation) diag.fail(Quantity::meta_loss, "cancellation", t);
+  if (!sm::isfinite(Mh)) diag.fail(Quantity::meta_loss, "non-finite", t);
+  const bool M_pos = Mh > S(0);
+  const long double logM = M_pos ? 2.0L * Ew * LN2 + log_of(Mh) : -std::numeric_limits<long double>::infinity();
+  std::int64_t Ea = Ew + renormalize(a, static_cast<S*>(nullptr));
+  // Per-step terms dM/deta_tau = -a_{tau+1} . g(w_tau) as (log|.|, sign).
+  std::vector<long double> lt(static_cast<size_t>(t));
+  std::vector<int> st(static_cast<size_t>(t));
+  detail::LogSum<long double> total;
+  Vec<S> wt(d);
+  for (Steps tau = t - 1; tau >= 0; --tau) {
+    wt = W.row(tau).transpose();
+    const std::int64_t Et = E[static_cast<size_t>(tau)];
+    p.value_grad_hvp(wt, a, g, ha, ws, offs[static_cast<size_t>(tau)]);
+    const S q = -a.dot(g);
+    if (!sm::isfinite(q)) diag.fail(Quantity::meta_grad, "non-finite", tau);
+    st[static_cast<size_t>(tau)] = sm::sign(q);
+    lt[static_cast<size_t>(tau)] = q != S(0) ? static_cast<long double>(Ea + Et) * LN2 + log_of(q)
+                                             : -std::numeric_limits<long double>::infinity();
+    total.add(lt[static_cast<size_t>(tau)], st[static_cast<size_t>(tau)]);
+    a -= eta.at(tau) * ha;
+    Ea += renormalize(a, static_cast<S*>(nullptr));
+    diag.adjoint.add_log2(log2_mag(Ea, maxabs(a)));
+    if (!sm::isfinite(maxabs(a))) diag.fail(Quantity::adjoint, "non-finite", tau);
+  }
+  diag.forward_steps = t;
+  const auto [log_dM, sign_dM] = total.result();
+  Outcome out = scaled_outcome(logM, M_pos, log_dM, sign_dM, opt, diag);
+  if (eta.schedule) {
+    const long double shift = opt.objective == Objective::log_loss
+                                  ? std::log(static_cast<long double>(t)) + logM : 0.0L;
+    out.grad_steps.reserve(static_cast<size_t>(t));
+    for (Steps tau = 0; tau < t; ++tau)
+      out.grad_steps.push_back(Num::of_log(lt[static_cast<size_t>(tau)] - shift, st[static_cast<size_t>(tau)]));
+  }
+  return out;
+}
+
+}  // namespace metastep
