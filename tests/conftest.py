@@ -8,11 +8,20 @@ EPS = {
     "float32": float(np.finfo(np.float32).eps),
     "float64": float(np.finfo(np.float64).eps),
     "longdouble": float(np.finfo(np.longdouble).eps),
+    "quad": 2.0 ** -112,
+    "mp": 2.0 ** -255,
 }
+#: Precisions whose results fit a float64/long double comparison (the fast ones).
+NATIVE = ("float32", "float64", "longdouble")
 
 
-@pytest.fixture(params=list(ms.PRECISIONS))
+@pytest.fixture(params=list(NATIVE))
 def dtype(request):
+    return request.param
+
+
+@pytest.fixture(params=[p for p in ms.PRECISIONS if p not in NATIVE])
+def extended(request):
     return request.param
 
 

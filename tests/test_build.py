@@ -22,10 +22,31 @@ def test_pyproject_pin_matches_compiled_eigen():
 
 
 def test_precisions_and_facts():
-    assert ms.PRECISIONS == ("float32", "float64", "longdouble")
+    assert ms.PRECISIONS[:3] == ("float32", "float64", "longdouble") and ms.PRECISIONS[-1] == "mp"
+    assert ms.PRECISIONS == ms.DTYPES
+    import platform
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "quad" in ms.PRECISIONS      # GCC __float128 on x86-64
+    assert _core.mp_bits >= 200
     info = ms.build_info()
     assert info["version"] == ms.__version__
     assert info["longdouble_mantissa_bits"] >= 64
     assert info["cuda_compiled"] in (True, False)
+    assert _core.itemsize["float64"] == 8 and _core.itemsize.get("quad", 16) == 16
     count, reason = _core.cuda_device_count()
     assert count == 0 and reason
+
+
+def test_no_libquadmath_dependency():
+    """quad arithmetic needs libgcc only: the module must not import libquadmath symbols."""
+    import pathlib
+    import subprocess
+    so = pathlib.Path(_core.__file__)
+    try:
+        out = subprocess.run(["nm", "-D", "--undefined-only", str(so)], capture_output=True, text=True, check=True).stdout
+    except (FileNotFoundError, subprocess.CalledProcessError):
+        import pytest
+        pytest.skip("nm not available")
+    quadmath = [line.split()[-1] for line in out.splitlines() if line.split()[-1].endswith("q")
+                and line.split()[-1] in {"sqrtq", "logq", "expq", "log1pq", "powq", "quadmath_snprintf", "frexpq", "ldexpq"}]
+    assert quadmath == []

@@ -88,6 +88,11 @@ inline py::dict num_columns(const std::vector<const Num*>& xs, const std::string
   d[("log_abs_" + prefix).c_str()] = l;
   d[("sign_" + prefix).c_str()] = s;
   d[(prefix + "_ext").c_str()] = e;
+  if (!xs.empty() && !xs[0]->text.empty()) {  // extended precisions: exact decimal text
+    py::list texts;
+    for (const Num* x : xs) texts.append(x->text);
+    d[(prefix + "_text").c_str()] = texts;
+  }
   return d;
 }
 

@@ -19,11 +19,31 @@ PYBIND11_MODULE(_core, m) {
   m.attr("eigen_version") =
       METASTEP_STR(EIGEN_WORLD_VERSION) "." METASTEP_STR(EIGEN_MAJOR_VERSION) "." METASTEP_STR(EIGEN_MINOR_VERSION);
   m.attr("eigen_location") = METASTEP_EIGEN_LOCATION;
-  m.attr("precisions") = py::make_tuple("float32", "float64", "longdouble");
+#ifdef METASTEP_HAVE_FLOAT128
+  m.attr("precisions") = py::make_tuple("float32", "float64", "longdouble", "quad", "mp");
+  m.attr("quad_backend") = "gcc __float128";
+#else
+  m.attr("precisions") = py::make_tuple("float32", "float64", "longdouble", "mp");
+  m.attr("quad_backend") = "none";
+#endif
+  m.attr("mp_bits") = metastep::MP_BITS;
+  py::dict sizes;
+  sizes["float32"] = sizeof(float);
+  sizes["float64"] = sizeof(double);
+  sizes["longdouble"] = sizeof(long double);
+#ifdef METASTEP_HAVE_FLOAT128
+  sizes["quad"] = sizeof(metastep::quad);
+#endif
+  sizes["mp"] = sizeof(metastep::mp_t);
+  m.attr("itemsize") = sizes;
   m.attr("cuda_compiled") = false;
   m.def("cuda_device_count", []() { return py::make_tuple(0, "the CUDA path is not compiled in this build"); });
   m.attr("longdouble_mantissa_bits") = std::numeric_limits<long double>::digits;
   metastep::bind::register_precision<float>(m, "float32");
   metastep::bind::register_precision<double>(m, "float64");
   metastep::bind::register_precision<long double>(m, "longdouble");
+#ifdef METASTEP_HAVE_FLOAT128
+  metastep::bind::register_precision<metastep::quad>(m, "quad");
+#endif
+  metastep::bind::register_precision<metastep::mp_t>(m, "mp");
 }

@@ -38,7 +38,7 @@ void bind_runs(py::module_& m, const std::string& sfx) {
           d["diagnostics"] = diag_dict(tr.diag);
           return d;
         },
-        py::arg("problem"), py::arg("eta"), py::arg("schedule"), py::arg("steps"));
+        py::arg("problem"), py::arg("eta"), py::arg("schedule").noconvert(), py::arg("steps"));
 
   m.def(("metagrad_" + sfx).c_str(),
         [](const Problem& p, const std::string& mode_s, F64Array etas, std::optional<F64Array> schedule, Steps steps,
@@ -65,8 +65,8 @@ void bind_runs(py::module_& m, const std::string& sfx) {
           }
           return outcomes_dict(outs);
         },
-        py::arg("problem"), py::arg("mode"), py::arg("etas"), py::arg("schedule"), py::arg("steps"),
-        py::arg("objective"), py::arg("valid"), py::arg("checkpoints"));
+        py::arg("problem"), py::arg("mode"), py::arg("etas").noconvert(), py::arg("schedule").noconvert(),
+        py::arg("steps"), py::arg("objective"), py::arg("valid"), py::arg("checkpoints"));
 
   m.def(("spectrum_" + sfx).c_str(),
         [](const Problem& p) {
@@ -95,12 +95,13 @@ void register_precision_impl(py::module_& m, const std::string& sfx) {
              if (Xv) {
                xv = to_mat<S>(*Xv, "X_valid");
                yvv = to_vec<S>(*yv, "y_valid");
+               if (xv.rows() < 1) throw std::invalid_argument("X_valid must have at least one row");
              }
              return LeastSquares<S>(to_mat<S>(X, "X"), to_vec<S>(y, "y"), std::move(xv), std::move(yvv),
                                     to_vec<S>(w0, "w0"));
            }),
-           py::arg("X").noconvert(), py::arg("y").noconvert(), py::arg("X_valid"), py::arg("y_valid"),
-           py::arg("w0").noconvert())
+           py::arg("X").noconvert(), py::arg("y").noconvert(), py::arg("X_valid").noconvert(),
+           py::arg("y_valid").noconvert(), py::arg("w0").noconvert())
       .def_property_readonly("dim", &LeastSquares<S>::dim)
       .def_property_readonly("has_valid", &LeastSquares<S>::has_valid);
 
@@ -127,7 +128,7 @@ void register_precision_impl(py::module_& m, const std::string& sfx) {
           }
           return outcomes_dict(outs);
         },
-        py::arg("spectrum"), py::arg("etas"), py::arg("steps"), py::arg("objective"), py::arg("valid"));
+        py::arg("spectrum"), py::arg("etas").noconvert(), py::arg("steps"), py::arg("objective"), py::arg("valid"));
 }
 
 }  // namespace metastep::bind

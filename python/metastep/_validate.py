@@ -8,13 +8,17 @@ from typing import Any, Optional
 
 import numpy as np
 
-DTYPES = ("float32", "float64", "longdouble")
-FUTURE_DTYPES = ("quad", "mp")
+from . import _core
+
+#: Precisions compiled into this build (quad needs GCC's __float128).
+DTYPES = tuple(_core.precisions)
 
 _DTYPE_ALIASES = {
     "float32": "float32", "single": "float32", "f4": "float32",
     "float64": "float64", "double": "float64", "f8": "float64",
     "longdouble": "longdouble", "long double": "longdouble",
+    "quad": "quad", "binary128": "quad", "float128_ieee": "quad",
+    "mp": "mp", "arbitrary": "mp",
 }
 
 
@@ -25,11 +29,12 @@ def dtype_name(dtype: Any) -> str:
         if key in ("float128", "f16"):
             raise ValueError(
                 f"dtype {dtype!r} is ambiguous: numpy's 'float128' is the 80-bit x87 long double on x86-64; "
-                "use 'longdouble' for it (IEEE binary128 'quad' is a separate precision)")
-        if key in FUTURE_DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not compiled into this build; available: {', '.join(DTYPES)}")
+                "use 'longdouble' for it, or 'quad' for IEEE binary128")
         if key in _DTYPE_ALIASES:
-            return _DTYPE_ALIASES[key]
+            name = _DTYPE_ALIASES[key]
+            if name not in DTYPES:
+                raise ValueError(f"dtype {dtype!r} is not compiled into this build; available: {', '.join(DTYPES)}")
+            return name
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}")
     try:
         dt = np.dtype(dtype)
@@ -50,7 +55,10 @@ def real_array(x: Any, name: str, ndim: int) -> np.ndarray:
         raise TypeError(f"{name} is required")
     if isinstance(x, (str, bytes)):
         raise TypeError(f"{name} must be a numeric array, not {type(x).__name__}")
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except ValueError as exc:  # ragged nested sequences
+        raise ValueError(f"{name} must be a rectangular numeric array: {exc}") from None
     if a.dtype == object or a.dtype.kind not in "biuf":
         if a.dtype.kind == "c":
             raise TypeError(f"{name} must be real; got a complex array")
@@ -64,6 +72,12 @@ def real_array(x: Any, name: str, ndim: int) -> np.ndarray:
         raise ValueError(f"{name} must be {ndim}-dimensional; got shape {a.shape}")
     if any(s == 0 for s in a.shape):
         raise ValueError(f"{name} must not be empty; got shape {a.shape}")
+    if a.dtype.kind in "iu" and a.size:
+        with np.errstate(all="ignore"):
+            exact = np.array_equal(a.astype(np.float64).astype(a.dtype), a) and np.all(np.abs(a.astype(np.float64)) < 2.0**63)
+        if not exact:
+            raise ValueError(f"{name} has integer entries that are not exactly representable in float64 "
+                             f"(|x| > 2**53); inputs are taken as float64 arrays")
     a = np.ascontiguousarray(a, dtype=np.float64)
     if not np.all(np.isfinite(a)):
         bad = np.argwhere(~np.isfinite(a))[0]
@@ -89,8 +103,16 @@ def step_sizes(eta: Any, name: str = "eta") -> tuple[np.ndarray, bool]:
     scalar = np.ndim(eta) == 0
     if isinstance(eta, (str, bytes)):
         raise TypeError(f"{name} must be a real number or a 1-D array of them, not {type(eta).__name__}")
-    a = np.asarray(eta)
-    if a.dtype == object or a.dtype.kind not in "iuf":
+    try:
+        a = np.asarray(eta)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be a scalar or a 1-D array: {exc}") from None
+    if a.dtype == object:  # e.g. Python ints beyond int64
+        items = a.ravel().tolist()
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in items):
+            raise TypeError(f"{name} must be real; got an array of Python objects")
+        a = np.array([float(v) for v in items], dtype=np.float64).reshape(a.shape)
+    if a.dtype.kind not in "iuf":
         raise TypeError(f"{name} must be real; got dtype {a.dtype}")
     if a.ndim > 1:
         raise ValueError(f"{name} must be a scalar or a 1-D array; got shape {a.shape}")
@@ -102,6 +124,29 @@ def step_sizes(eta: Any, name: str = "eta") -> tuple[np.ndarray, bool]:
     if np.any(a < 0):
         raise ValueError(f"{name} must be non-negative; got {a[a < 0][0]}")
     return a, scalar
+
+
+def real_scalar(x: Any, name: str, minimum: float = 0.0) -> float:
+    """A finite real number >= minimum (booleans and strings rejected)."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number; got {type(x).__name__} {x!r}")
+    v = float(x)
+    if not np.isfinite(v) or v < minimum:
+        what = "non-negative" if minimum == 0 else f"at least {minimum:g}"
+        raise ValueError(f"{name} must be finite and {what}; got {v}")
+    return v
+
+
+#: Largest finite value of each precision as a float64 (inf: beyond float64's range).
+_RANGE_MAX = {"float32": float(np.finfo(np.float32).max)}
+
+
+def check_range(a: np.ndarray, name: str, dtype: str) -> None:
+    """Inputs must be finite in the working precision (float32 is narrower than float64)."""
+    top = _RANGE_MAX.get(dtype)
+    if top is not None and a.size and float(np.max(np.abs(a))) > top:
+        raise ValueError(f"{name} has entries beyond the largest {dtype} ({top:.4g}): they would become inf; "
+                         f"use a wider dtype")
 
 
 def choice(x: Any, name: str, options: tuple[str, ...]) -> str:

@@ -6,7 +6,7 @@ from typing import Any, Optional, Union
 import numpy as np
 
 from . import _core
-from ._validate import choice, dtype_name, optional_int, positive_int, real_array, step_sizes
+from ._validate import check_range, choice, dtype_name, optional_int, positive_int, real_array, step_sizes
 from .problems import LeastSquares, Quadratic
 from .results import MetaGradResult, UnrollResult
 
@@ -25,7 +25,7 @@ Problem = Union[Quadratic, LeastSquares]
 
 def itemsize(dtype: str) -> int:
     """Bytes per scalar of a precision."""
-    return {"float32": 4, "float64": 8, "longdouble": int(np.dtype(np.longdouble).itemsize)}[dtype_name(dtype)]
+    return int(_core.itemsize[dtype_name(dtype)])
 
 
 def _check_problem(problem: Any) -> Problem:
@@ -52,7 +52,7 @@ def _schedule_and_steps(eta: Any, steps: Any, schedule: Any) -> tuple[Optional[n
 
 
 def _memory_guard(what: str, states: int, d: int, dtype: str, limit: Optional[int], advice: str) -> None:
-    limit = DEFAULT_MEMORY_LIMIT if limit is None else int(limit)
+    limit = DEFAULT_MEMORY_LIMIT if limit is None else positive_int(limit, "memory_limit")
     need = states * d * itemsize(dtype)
     if need > limit:
         raise MemoryError(f"{what} would store {states} vectors of dimension {d} in {dtype} "
@@ -72,7 +72,7 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
         Number of inner steps t ≥ 1 (inferred from ``schedule`` when omitted).
     schedule : array_like, shape (t,), optional
         One step size per step.
-    dtype : {"float32", "float64", "longdouble"}
+    dtype : {"float32", "float64", "longdouble", "quad", "mp"}
         Precision of the whole run (inputs are converted exactly from float64).
 
     Returns
@@ -90,6 +90,9 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
         if not scalar:
             raise ValueError("unroll takes one step size; loop over step sizes or use metagrad for a batch")
         e = float(arr[0])
+        check_range(arr, "eta", dtype)
+    else:
+        check_range(sched, "schedule", dtype)
     _memory_guard("unroll's loss history", t + 1, 4, dtype, memory_limit, "use fewer steps")
     out = getattr(_core, f"unroll_{dtype}")(problem._core(dtype), e, sched, t)
     return UnrollResult(
@@ -130,8 +133,11 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         ``"auto"`` takes ``"exact"`` for a constant step size on problems up to 2000
         dimensions, ``"scaled_forward"`` beyond, and ``"scaled_reverse"`` (or ``"checkpoint"``
         when the trajectory would exceed 256 MiB) for schedules.
-    dtype : {"float32", "float64", "longdouble"}
-        Working precision.
+    dtype : {"float32", "float64", "longdouble", "quad", "mp"}
+        Working precision: IEEE single and double, x87 extended (80-bit), IEEE binary128
+        (``quad``) and 256-bit arbitrary precision with a practically unbounded exponent
+        (``mp``). Extended results also come back as exact decimal strings
+        (``value_text``, ``grad_text``).
     schedule : array_like of shape (t,), optional
         One step size per inner step instead of ``eta``. Reverse and checkpoint modes return
         dF/dη_τ for every τ; forward and fd return the derivative along all-ones.
@@ -163,8 +169,10 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         mode = "scaled_reverse" if sched is not None else "scaled_forward"
     if sched is not None:
         etas, scalar = np.zeros(1), True
+        check_range(sched, "schedule", dtype)
     else:
         etas, scalar = step_sizes(eta)
+        check_range(etas, "eta", dtype)
     if mode == "exact":
         if sched is not None:
             raise ValueError("mode='exact' needs a constant step size; use mode='reverse' or 'checkpoint' for schedules")
@@ -194,14 +202,22 @@ def _result(out: dict, scalar: bool, has_schedule: bool, mode: str, dtype: str, 
     status = out["status"][0] if scalar else list(out["status"])
     diags = out["diagnostics"][0] if scalar else list(out["diagnostics"])
     grad, log_abs_grad, sign_grad, grad_ext = pick("grad"), pick("log_abs_grad"), pick("sign_grad"), pick("grad_ext")
+
+    def text(key: str) -> Any:
+        if key not in out:
+            return None
+        return out[key][0] if scalar else list(out[key])
+
+    value_text, grad_text = text("value_text"), text("grad_text")
     along = None
     if has_schedule:
         along = grad
         if "grad_steps" in out:
             grad, log_abs_grad = out["grad_steps"], out["log_abs_grad_steps"]
             sign_grad, grad_ext = out["sign_grad_steps"], out["grad_steps_ext"]
+            grad_text = out.get("grad_steps_text")
     return MetaGradResult(
         value=pick("value"), grad=grad, log_abs_value=pick("log_abs_value"), sign_value=pick("sign_value"),
         log_abs_grad=log_abs_grad, sign_grad=sign_grad, status=status, value_ext=pick("value_ext"),
         grad_ext=grad_ext, mode=mode, dtype=dtype, objective=objective, on=on, steps=t, eta=eta,
-        diagnostics=diags, grad_along_ones=along)
+        diagnostics=diags, grad_along_ones=along, value_text=value_text, grad_text=grad_text)

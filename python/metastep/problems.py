@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from . import _core
-from ._validate import dtype_name, positive_int, real_array
+from ._validate import check_range, dtype_name, positive_int, real_array, real_scalar
 
 __all__ = ["Quadratic", "LeastSquares", "random_quadratic", "random_least_squares"]
 
@@ -37,8 +37,14 @@ class _Problem:
         dtype = dtype_name(dtype)
         core = self._cores.get(dtype)
         if core is None:
+            for name, arr in self._arrays().items():
+                if arr is not None:
+                    check_range(arr, name, dtype)
             core = self._cores.setdefault(dtype, self._make_core(dtype))
         return core
+
+    def _arrays(self) -> Dict[str, Optional[np.ndarray]]:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def _spectrum(self, dtype: str) -> Any:
         """Eigen-decomposition used by the exact mode (computed once per precision)."""
@@ -72,17 +78,21 @@ class Quadratic(_Problem):
     def __init__(self, H: Any, w0: Any, w_star: Any = None, *, sym_rtol: float = 1e-10,
                  psd_rtol: Optional[float] = None) -> None:
         super().__init__()
+        sym_rtol = real_scalar(sym_rtol, "sym_rtol")
+        if psd_rtol is not None:
+            psd_rtol = real_scalar(psd_rtol, "psd_rtol")
         H = real_array(H, "H", 2)
         if H.shape[0] != H.shape[1]:
             raise ValueError(f"H must be square; got shape {H.shape}")
         d = H.shape[0]
         scale = float(np.max(np.abs(H)))
-        asym = float(np.max(np.abs(H - H.T)))
+        with np.errstate(over="ignore"):
+            asym = float(np.max(np.abs(H - H.T)))
         if asym > sym_rtol * scale:
             raise ValueError(f"H is not symmetric: max|H - H^T| = {asym:.3g} exceeds {sym_rtol:g} * max|H| = "
                              f"{sym_rtol * scale:.3g}")
         if asym > 0:
-            H = 0.5 * (H + H.T)
+            H = 0.5 * H + 0.5 * H.T
         eig = np.linalg.eigvalsh(H)
         top = float(np.max(np.abs(eig))) if eig.size else 0.0
         tol = (psd_rtol if psd_rtol is not None else 100 * d * np.finfo(np.float64).eps) * top
@@ -119,6 +129,9 @@ class Quadratic(_Problem):
         """f(w) in float64."""
         e = real_array(w, "w", 1) - self.w_star
         return float(0.5 * e @ self.H @ e)
+
+    def _arrays(self) -> Dict[str, Optional[np.ndarray]]:
+        return {"H": self.H, "w0": self.w0, "w_star": self.w_star}
 
     def _make_core(self, dtype: str) -> Any:
         return getattr(_core, f"Quadratic_{dtype}")(self.H, self.w0, self.w_star)
@@ -201,6 +214,9 @@ class LeastSquares(_Problem):
         r = X @ w - y
         return float(r @ r / (2 * len(y)))
 
+    def _arrays(self) -> Dict[str, Optional[np.ndarray]]:
+        return {"X": self.X, "y": self.y, "X_valid": self.X_valid, "y_valid": self.y_valid, "w0": self.w0}
+
     def _make_core(self, dtype: str) -> Any:
         return getattr(_core, f"LeastSquares_{dtype}")(self.X, self.y, self.X_valid, self.y_valid, self.w0)
 
@@ -235,9 +251,7 @@ def random_least_squares(d: int, n: int, sigma: float, seed: int, n_valid: int =
     n_valid = positive_int(n_valid, "n_valid", minimum=0)
     n_test = positive_int(n_test, "n_test", minimum=0)
     seed = positive_int(seed, "seed", minimum=0)
-    sigma = float(sigma)
-    if not np.isfinite(sigma) or sigma < 0:
-        raise ValueError(f"sigma must be finite and non-negative; got {sigma}")
+    sigma = real_scalar(sigma, "sigma")
     rng = np.random.default_rng(seed)
     g = rng.standard_normal(d)
     w_star = g / np.sqrt(np.sum(g * g))

@@ -26,6 +26,8 @@ class MetaGradResult:
     log_abs_value, log_abs_grad : natural log of the magnitudes, exact whatever the range
     sign_value, sign_grad : -1, 0 or +1
     value_ext, grad_ext : numpy long double copies (exact for float32/float64/longdouble)
+    value_text, grad_text : exact decimal strings for the extended precisions (quad, mp),
+        including values far outside long double's range; None otherwise
     status : "ok", or what failed first: "<kind>: <quantity> at step <τ>"
     diagnostics : per call, a dict (or list of dicts): failure, log2-magnitude ranges of
         iterate/tangent/adjoint/loss, stored states and recomputed steps (cost/memory)
@@ -48,6 +50,8 @@ class MetaGradResult:
     eta: Optional[ArrayOrFloat]
     diagnostics: Union[Dict[str, Any], List[Dict[str, Any]]] = field(default_factory=dict)
     grad_along_ones: Optional[float] = None
+    value_text: Any = None
+    grad_text: Any = None
 
     @property
     def ok(self) -> Union[bool, np.ndarray]:

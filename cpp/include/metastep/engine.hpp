@@ -42,6 +42,7 @@ Outcome run_mode(const Problem& p, Mode mode, const StepSizes<S>& eta, const Met
 // A batch of constant step sizes: the loop lives here, not in Python.
 template <class Problem, class S = typename Problem::S>
 std::vector<Outcome> run_batch(const Problem& p, Mode mode, const std::vector<S>& etas, const MetaOptions& opt) {
+  if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
   std::vector<Outcome> out;
   out.reserve(etas.size());
   for (const S& e : etas) {

@@ -3,6 +3,10 @@
 #include <Eigen/Core>
 #include <cstdint>
 
+// Every precision's scalar glue, visible before any template is instantiated with it.
+#include "scalar/mp.hpp"
+#include "scalar/quad.hpp"
+
 namespace metastep {
 
 using Index = Eigen::Index;

@@ -11,6 +11,7 @@
 
 #include "../diagnostics.hpp"
 #include "../problems.hpp"
+#include "../scalar/format.hpp"
 
 namespace metastep {
 
@@ -28,15 +29,17 @@ struct MetaOptions {
   Index checkpoints = 0;     // checkpoint mode: snapshots held at once (0: automatic)
 };
 
-// A number in float64 plus its exact magnitude and sign, and a long double copy.
+// A number in float64 plus its exact magnitude and sign, a long double copy, and for the
+// extended precisions (quad, mp) an exact decimal text.
 struct Num {
   double value = 0.0;
   double log_abs = -std::numeric_limits<double>::infinity();
   int sign = 0;
   long double ext = 0.0L;
+  std::string text;
 
   template <class S>
-  static Num of(S x) {
+  static Num of(const S& x) {
     Num n;
     n.value = sm::to_double(x);
     n.ext = sm::to_longdouble(x);
@@ -47,21 +50,32 @@ struct Num {
       n.log_abs = sm::log_abs(x);
       n.sign = sm::sign(x);
     }
+    if (IsExtended<S>::value) n.text = decimal(x);
     return n;
   }
-  // From a log-magnitude and sign (exact mode): no intermediate leaves the range.
-  static Num of_log(long double log_abs, int sign) {
+  // From a log-magnitude and sign (exact and scaled modes): no intermediate leaves the range.
+  template <class W>
+  static Num of_log(const W& log_abs, int sign) {
     Num n;
-    n.log_abs = static_cast<double>(log_abs);
+    const long double l = sm::to_longdouble(log_abs);
+    n.log_abs = static_cast<double>(l);
     n.sign = sign;
-    if (sign == 0) {
+    if (sign == 0 || sm::isnan(log_abs) || l == -std::numeric_limits<long double>::infinity()) {
       n.value = 0.0;
       n.ext = 0.0L;
-      n.log_abs = -std::numeric_limits<double>::infinity();
-    } else {
-      n.ext = sign * std::exp(log_abs);                  // long double range
-      n.value = sign * std::exp(static_cast<double>(log_abs));  // may be inf / 0 in float64
+      n.sign = sm::isnan(log_abs) ? 0 : sign;
+      if (sm::isnan(log_abs)) {
+        n.value = std::numeric_limits<double>::quiet_NaN();
+        n.ext = n.value;
+      }
+      n.log_abs = sm::isnan(log_abs) ? std::numeric_limits<double>::quiet_NaN()
+                                     : -std::numeric_limits<double>::infinity();
+      if (IsExtended<W>::value) n.text = sm::isnan(log_abs) ? "nan" : "0";
+      return n;
     }
+    n.ext = sign * std::exp(l);                                  // long double range
+    n.value = sign * std::exp(static_cast<double>(l));           // may be inf / 0 in float64
+    if (IsExtended<W>::value) n.text = decimal_from_log(log_abs, sign);
     return n;
   }
 };

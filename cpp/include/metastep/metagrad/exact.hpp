@@ -7,13 +7,15 @@
 //   valid loss   f'(w_t) = 1/(2n') || r_inf + B z ||^2,  z_i = c_i (1 - eta lambda_i)^t,
 //                r_inf = X' wbar - y',  B = X' V
 // Each (eta, t) then costs O(k) for the training loss and O(n' k) for the validation loss.
-// Eigenvalues are refined as Rayleigh quotients accumulated in a wider type: the error of
-// lambda_i is multiplied by about 2 t eta / |1 - eta lambda_i| in the result.
+// The matrix is scaled by a power of two before the decomposition (exact; keeps Eigen's
+// iteration inside the range whatever the magnitude of H), the weights W_i are kept as
+// logarithms, and the eigenvalues are refined as Rayleigh quotients accumulated in a wider
+// type: the error of lambda_i is multiplied by about 2 t eta / |1 - eta lambda_i| in the result.
 #pragma once
 #include <Eigen/Eigenvalues>
 #include <algorithm>
-#include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "common.hpp"
@@ -23,10 +25,11 @@ namespace metastep {
 template <class S>
 struct Spectrum {
   using Wide = typename ScalarTraits<S>::Wide;
-  std::vector<Wide> lam;  // eigenvalues (refined), of the components in the training loss
-  Vec<S> W;               // training-loss weights
-  S floor = 0;            // constant part of the training loss
-  S L = 0, alpha = 0;     // largest and smallest eigenvalue of the Hessian
+  std::vector<Wide> lam;     // eigenvalues (refined) of the components of the training loss
+  std::vector<Wide> logW;    // log of the training-loss weights (-inf for a zero weight)
+  Wide log_floor = -sm::infinity<Wide>();  // log of the constant part of the training loss
+  Wide L = 0, alpha = 0;     // largest and smallest eigenvalue of the Hessian
+  std::string problem;       // non-empty: the decomposition could not be trusted (why)
   // Validation part: components that move (lambda > 0).
   bool has_valid = false;
   std::vector<Wide> lam_v;
@@ -41,6 +44,25 @@ namespace detail {
 template <class S>
 using ColMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
 
+// Exponent k with max|A| = f 2^k, 1/2 <= f < 1 (0 for a zero matrix).
+template <class S, class M>
+int scale_exponent(const M& A) {
+  S m = 0;
+  for (Index i = 0; i < A.rows(); ++i)
+    for (Index j = 0; j < A.cols(); ++j) m = std::max(m, sm::abs(A(i, j)));
+  int k = 0;
+  if (m > S(0) && sm::isfinite(m)) sm::frexp(m, &k);
+  return k;
+}
+
+template <class S, class M>
+ColMat<S> scaled_copy(const M& A, int k) {
+  ColMat<S> out(A.rows(), A.cols());
+  for (Index i = 0; i < A.rows(); ++i)
+    for (Index j = 0; j < A.cols(); ++j) out(i, j) = sm::ldexp(S(A(i, j)), -k);
+  return out;
+}
+
 // Eigen-decomposition of a symmetric matrix, ascending eigenvalues.
 template <class S>
 Eigen::SelfAdjointEigenSolver<ColMat<S>> eig(const ColMat<S>& A) {
@@ -49,37 +71,50 @@ Eigen::SelfAdjointEigenSolver<ColMat<S>> eig(const ColMat<S>& A) {
   return es;
 }
 
-// Rayleigh quotients u_i^T A u_i / u_i^T u_i accumulated in the wide type, where A = M^T M / n
-// (gram = true, M given) or A = M (gram = false).
+// Rayleigh quotients u_i^T A u_i / u_i^T u_i accumulated in the wide type, where
+// A = M^T M / n (gram = true) or A = M (gram = false); M already scaled.
 template <class S, class Wide = typename ScalarTraits<S>::Wide>
-std::vector<Wide> rayleigh(const Mat<S>& M, bool gram, Index n, const ColMat<S>& U) {
+std::vector<Wide> rayleigh(const ColMat<S>& M, bool gram, Index n, const ColMat<S>& U) {
   using WM = Eigen::Matrix<Wide, Eigen::Dynamic, Eigen::Dynamic>;
   const WM Mw = M.template cast<Wide>();
   const WM Uw = U.template cast<Wide>();
   const WM P = Mw * Uw;
-  std::vector<Wide> lam(U.cols());
+  std::vector<Wide> lam(static_cast<size_t>(U.cols()));
   for (Index i = 0; i < U.cols(); ++i) {
     const Wide un = Uw.col(i).squaredNorm();
-    lam[i] = gram ? P.col(i).squaredNorm() / (Wide(n) * un) : Uw.col(i).dot(P.col(i)) / un;
-    if (lam[i] < Wide(0)) lam[i] = Wide(0);  // a PSD matrix: negative only by rounding
+    Wide l = gram ? Wide(P.col(i).squaredNorm() / (Wide(n) * un)) : Wide(Uw.col(i).dot(P.col(i)) / un);
+    if (l < Wide(0)) l = Wide(0);  // a PSD matrix: negative only by rounding
+    lam[static_cast<size_t>(i)] = l;
   }
   return lam;
 }
 
+template <class W>
+W log_or_neg_inf(const W& x) {
+  return x > W(0) ? sm::log(x) : -sm::infinity<W>();
+}
+
+template <class S>
+void check_spectrum(Spectrum<S>& sp) {
+  for (size_t i = 0; i < sp.lam.size(); ++i)
+    if (!sm::isfinite(sp.lam[i]) || sm::isnan(sp.logW[i]) || sp.logW[i] == sm::infinity<typename Spectrum<S>::Wide>())
+      sp.problem = "non-finite eigenvalue or weight (input outside the precision's range?)";
+}
+
 template <class S>
 void add_validation(Spectrum<S>& sp, const LeastSquares<S>& p, const ColMat<S>& V, const Vec<S>& c_all,
-                    const std::vector<typename Spectrum<S>::Wide>& lam, S tol) {
+                    const std::vector<typename Spectrum<S>::Wide>& lam, const std::vector<bool>& moving) {
   std::vector<Index> keep;
   for (Index i = 0; i < V.cols(); ++i)
-    if (S(lam[i]) > tol) keep.push_back(i);
+    if (moving[static_cast<size_t>(i)]) keep.push_back(i);
   const Index k = static_cast<Index>(keep.size());
   ColMat<S> Vk(p.dim(), k);
   sp.c.resize(k);
-  sp.lam_v.resize(k);
+  sp.lam_v.resize(static_cast<size_t>(k));
   for (Index j = 0; j < k; ++j) {
-    Vk.col(j) = V.col(keep[j]);
-    sp.c[j] = c_all[keep[j]];
-    sp.lam_v[j] = lam[keep[j]];
+    Vk.col(j) = V.col(keep[static_cast<size_t>(j)]);
+    sp.c[j] = c_all[keep[static_cast<size_t>(j)]];
+    sp.lam_v[static_cast<size_t>(j)] = lam[static_cast<size_t>(keep[static_cast<size_t>(j)])];
   }
   const Vec<S> wbar = p.w0() - Vk * sp.c;
   if (p.has_valid()) {
@@ -90,92 +125,117 @@ void add_validation(Spectrum<S>& sp, const LeastSquares<S>& p, const ColMat<S>& 
   }
 }
 
+template <class W>
+void set_extremes(std::vector<W> const& lam, W& L, W& alpha) {
+  L = lam.empty() ? W(0) : *std::max_element(lam.begin(), lam.end());
+  alpha = lam.empty() ? W(0) : *std::min_element(lam.begin(), lam.end());
+}
+
 }  // namespace detail
 
 template <class S>
 Spectrum<S> make_spectrum(const Quadratic<S>& p) {
   using namespace detail;
+  using W = typename Spectrum<S>::Wide;
   Spectrum<S> sp;
-  const ColMat<S> H = p.H();
-  auto es = eig<S>(H);
+  const int k = scale_exponent<S>(p.H());
+  const ColMat<S> Hs = scaled_copy<S>(p.H(), k);  // H = 2^k Hs exactly
+  auto es = eig<S>(Hs);
   const ColMat<S>& U = es.eigenvectors();
-  sp.lam = rayleigh<S>(p.H(), false, 1, U);
+  sp.lam = rayleigh<S>(Hs, false, 1, U);
   const Vec<S> c = U.transpose() * (p.w0() - p.w_star());
-  sp.W.resize(c.size());
-  for (Index i = 0; i < c.size(); ++i) sp.W[i] = S(0.5) * S(sp.lam[i]) * c[i] * c[i];
-  sp.L = S(*std::max_element(sp.lam.begin(), sp.lam.end()));
-  sp.alpha = S(*std::min_element(sp.lam.begin(), sp.lam.end()));
+  sp.logW.resize(sp.lam.size());
+  for (size_t i = 0; i < sp.lam.size(); ++i) {
+    sp.lam[i] = sm::ldexp(sp.lam[i], k);
+    const W ci = sm::abs(W(c[static_cast<Index>(i)]));
+    sp.logW[i] = (sp.lam[i] > W(0) && ci > W(0)) ? sm::log(W(0.5)) + sm::log(sp.lam[i]) + W(2) * sm::log(ci)
+                                                 : -sm::infinity<W>();
+  }
+  set_extremes(sp.lam, sp.L, sp.alpha);
+  check_spectrum(sp);
   return sp;
 }
 
 template <class S>
 Spectrum<S> make_spectrum(const LeastSquares<S>& p) {
   using namespace detail;
-  using Wide = typename Spectrum<S>::Wide;
+  using W = typename Spectrum<S>::Wide;
   Spectrum<S> sp;
   const Index n = p.n(), d = p.dim();
   const Vec<S> r0 = p.X() * p.w0() - p.y();
   const S eps = sm::epsilon<S>();
+  const int k = scale_exponent<S>(p.X());
+  const ColMat<S> Xs = scaled_copy<S>(p.X(), k);  // X = 2^k Xs: eigenvalues scale by 4^k
+  std::vector<bool> moving;
   if (n <= d) {
     // Residual form: r_t = (I - eta K)^t r_0 with K = X X^T / n (n x n).
-    const ColMat<S> K = (p.X() * p.X().transpose()) / S(n);
-    auto es = eig<S>(K);
+    const ColMat<S> Ks = (Xs * Xs.transpose()) / S(n);
+    auto es = eig<S>(Ks);
     const ColMat<S>& P = es.eigenvectors();
-    // Refined mu_j = ||X^T p_j||^2 / n.
-    const Mat<S> Xt = p.X().transpose();
-    const std::vector<Wide> mu = rayleigh<S>(Xt, true, n, P);
+    const ColMat<S> Xst = Xs.transpose();
+    std::vector<W> mu = rayleigh<S>(Xst, true, n, P);
+    for (auto& m : mu) m = sm::ldexp(m, 2 * k);
     const Vec<S> proj = P.transpose() * r0;
     sp.lam = mu;
-    sp.W.resize(n);
-    for (Index j = 0; j < n; ++j) sp.W[j] = proj[j] * proj[j] / (S(2) * S(n));
-    sp.L = S(*std::max_element(mu.begin(), mu.end()));
-    sp.alpha = n < d ? S(0) : S(*std::min_element(mu.begin(), mu.end()));
+    sp.logW.resize(static_cast<size_t>(n));
+    for (Index j = 0; j < n; ++j) {
+      const W a = sm::abs(W(proj[j]));
+      sp.logW[static_cast<size_t>(j)] = a > W(0) ? W(2) * sm::log(a) - sm::log(W(2) * W(n)) : -sm::infinity<W>();
+    }
+    set_extremes(mu, sp.L, sp.alpha);
+    if (n < d) sp.alpha = 0;
     // Directions in w-space: v_j = X^T p_j / sqrt(n mu_j), c_j = <r0, p_j> / sqrt(n mu_j).
-    const S tol = eps * S(std::max(n, d)) * sp.L;
+    const W tol = W(eps) * W(std::max(n, d)) * sp.L;
     ColMat<S> V(d, n);
     Vec<S> c(n);
     for (Index j = 0; j < n; ++j) {
-      const S m = S(mu[j]);
+      const W m = mu[static_cast<size_t>(j)];
+      moving.push_back(m > tol);
       if (m > tol) {
-        const S s = sm::sqrt(S(n) * m);
-        V.col(j) = Xt * P.col(j) / s;
-        c[j] = proj[j] / s;
+        const W s = sm::sqrt(W(n) * m);
+        V.col(j) = (p.X().transpose() * P.col(j)) / S(s);
+        c[j] = S(W(proj[j]) / s);
       } else {
         V.col(j).setZero();
         c[j] = 0;
       }
     }
-    add_validation(sp, p, V, c, mu, tol);
+    add_validation(sp, p, V, c, mu, moving);
   } else {
-    const ColMat<S> H = (p.X().transpose() * p.X()) / S(n);
-    auto es = eig<S>(H);
+    const ColMat<S> Hs = (Xs.transpose() * Xs) / S(n);
+    auto es = eig<S>(Hs);
     const ColMat<S>& V = es.eigenvectors();
-    const std::vector<Wide> lam = rayleigh<S>(p.X(), true, n, V);
+    std::vector<W> lam = rayleigh<S>(Xs, true, n, V);
+    for (auto& l : lam) l = sm::ldexp(l, 2 * k);
     const Vec<S> g0 = p.X().transpose() * r0 / S(n);
     const Vec<S> proj = V.transpose() * g0;
-    const S Lmax = S(*std::max_element(lam.begin(), lam.end()));
-    const S tol = eps * S(std::max(n, d)) * Lmax;
+    W Lmax, amin;
+    set_extremes(lam, Lmax, amin);
+    const W tol = W(eps) * W(std::max(n, d)) * Lmax;
     Vec<S> c(d);
-    sp.lam.clear();
-    std::vector<S> Wl;
     for (Index i = 0; i < d; ++i) {
-      const S l = S(lam[i]);
+      const W l = lam[static_cast<size_t>(i)];
+      moving.push_back(l > tol);
       if (l > tol) {
-        c[i] = proj[i] / l;
-        sp.lam.push_back(lam[i]);
-        Wl.push_back(S(0.5) * l * c[i] * c[i]);
+        const W ci = W(proj[i]) / l;
+        c[i] = S(ci);
+        sp.lam.push_back(l);
+        sp.logW.push_back(ci != W(0) ? sm::log(W(0.5)) + sm::log(l) + W(2) * sm::log(sm::abs(ci))
+                                     : -sm::infinity<W>());
       } else {
         c[i] = 0;
       }
     }
-    sp.W = Eigen::Map<Vec<S>>(Wl.data(), static_cast<Index>(Wl.size()));
     sp.L = Lmax;
-    sp.alpha = S(*std::min_element(lam.begin(), lam.end()));
+    sp.alpha = amin;
     // Constant part: the training loss at the minimiser wbar nearest to w0.
     const Vec<S> wbar = p.w0() - V * c;
-    sp.floor = (p.X() * wbar - p.y()).squaredNorm() / (S(2) * S(n));
-    add_validation(sp, p, V, c, lam, tol);
+    Workspace<S> ws;
+    Vec<S> g(d);
+    sp.log_floor = log_or_neg_inf(W(p.value_grad(wbar, g, ws)));
+    add_validation(sp, p, V, c, lam, moving);
   }
+  check_spectrum(sp);
   return sp;
 }
 
@@ -186,164 +246,154 @@ template <class W>
 struct LogSum {
   std::vector<W> l;
   std::vector<int> s;
-  void add(W log_abs, int sign) {
-    if (sign == 0 || log_abs == -std::numeric_limits<W>::infinity()) return;
+  void add(const W& log_abs, int sign) {
+    if (sign == 0 || log_abs == -sm::infinity<W>()) return;
     l.push_back(log_abs);
     s.push_back(sign);
   }
   std::pair<W, int> result() const {
-    if (l.empty()) return {-std::numeric_limits<W>::infinity(), 0};
+    if (l.empty()) return {-sm::infinity<W>(), 0};
     const W m = *std::max_element(l.begin(), l.end());
     W pos = 0, neg = 0;
-    for (size_t i = 0; i < l.size(); ++i) (s[i] > 0 ? pos : neg) += std::exp(l[i] - m);
+    for (size_t i = 0; i < l.size(); ++i) (s[i] > 0 ? pos : neg) += sm::exp(W(l[i] - m));
     const W diff = pos - neg;
-    if (diff == W(0)) return {-std::numeric_limits<W>::infinity(), 0};
-    return {m + std::log(std::fabs(diff)), diff > 0 ? 1 : -1};
+    if (diff == W(0)) return {-sm::infinity<W>(), 0};
+    return {m + sm::log(sm::abs(diff)), diff > W(0) ? 1 : -1};
   }
 };
 
+// sign^power for an integer power >= 0 given by its parity.
+inline int parity_sign(int s, bool odd) { return (s < 0 && odd) ? -1 : 1; }
+
+// log|1 - eta lambda| and its sign, in the wide type.
 template <class W>
-inline int parity_sign(int s, long double power) {  // s^power for an integer power >= 0
-  if (s >= 0) return s == 0 ? (power == 0 ? 1 : 0) : 1;
-  return std::fmod(power, 2.0L) == 0 ? 1 : -1;
+std::pair<W, int> log_one_minus(const W& eta, const W& lam) {
+  const W el = eta * lam;
+  const W q = W(1) - el;
+  if (q == W(0)) return {-sm::infinity<W>(), 0};
+  const W lq = (el < W(0.5) && el > W(-0.5)) ? sm::log1p(W(-el)) : sm::log(sm::abs(q));
+  return {lq, q > W(0) ? 1 : -1};
 }
 
 }  // namespace detail
 
 // log|M|, log|dM/deta| and the sign of dM/deta for one (eta, t), exactly.
+template <class W>
 struct ExactPoint {
-  long double log_M = 0;
+  W log_M = -sm::infinity<W>();
   int sign_M = 0;
-  long double log_dM = 0;
+  W log_dM = -sm::infinity<W>();
   int sign_dM = 0;
 };
 
-// Wide evaluation of log|1 - eta lambda| and its sign.
-template <class Wide>
-inline std::pair<Wide, int> log_one_minus(Wide eta, Wide lam) {
-  const Wide q = Wide(1) - eta * lam;
-  if (q == Wide(0)) return {-std::numeric_limits<Wide>::infinity(), 0};
-  const Wide el = eta * lam;
-  const Wide lq = (el < Wide(0.5) && el > Wide(-0.5)) ? std::log1p(-el) : std::log(std::fabs(q));
-  return {lq, q > 0 ? 1 : -1};
-}
-
 template <class S>
-ExactPoint exact_train(const Spectrum<S>& sp, S eta_s, Steps t) {
-  using Wide = typename Spectrum<S>::Wide;
-  using detail::parity_sign;
-  const Wide eta = Wide(eta_s), tt = Wide(static_cast<long double>(t));
-  const long double two_t = 2.0L * static_cast<long double>(t);
-  detail::LogSum<Wide> val, der;
-  if (sp.floor > S(0)) val.add(std::log(Wide(sp.floor)), 1);
+ExactPoint<typename Spectrum<S>::Wide> exact_train(const Spectrum<S>& sp, const S& eta_s, Steps t) {
+  using W = typename Spectrum<S>::Wide;
+  const W eta = W(eta_s), tt = W(static_cast<long double>(t));
+  const W log2t = sm::log(W(2) * tt);
+  detail::LogSum<W> val, der;
+  val.add(sp.log_floor, 1);
   for (size_t i = 0; i < sp.lam.size(); ++i) {
-    const Wide Wi = Wide(sp.W[static_cast<Index>(i)]);
-    if (!(Wi > 0)) continue;
-    const Wide lam = sp.lam[i];
-    const auto [lq, sq] = log_one_minus(eta, lam);
+    const W& lW = sp.logW[i];
+    if (lW == -sm::infinity<W>()) continue;
+    const W& lam = sp.lam[i];
+    const auto [lq, sq] = detail::log_one_minus(eta, lam);
     if (sq == 0) continue;  // (1 - eta lambda) = 0: the term vanishes (t >= 1)
-    const Wide lW = std::log(Wi);
-    val.add(lW + Wide(2) * tt * lq, 1);
-    if (lam > 0) der.add(lW + std::log(Wide(2) * tt) + std::log(lam) + (Wide(2) * tt - Wide(1)) * lq,
-                         -parity_sign<Wide>(sq, two_t - 1));
+    val.add(lW + W(2) * tt * lq, 1);
+    // d/deta W (1 - eta lam)^(2t) = -2t lam W (1 - eta lam)^(2t-1); 2t - 1 is odd
+    if (lam > W(0)) der.add(lW + log2t + sm::log(lam) + (W(2) * tt - W(1)) * lq, -detail::parity_sign(sq, true));
   }
-  ExactPoint e;
-  auto v = val.result();
-  auto g = der.result();
-  e.log_M = static_cast<long double>(v.first);
-  e.sign_M = v.second;
-  e.log_dM = static_cast<long double>(g.first);
-  e.sign_dM = g.second;
+  ExactPoint<W> e;
+  std::tie(e.log_M, e.sign_M) = val.result();
+  std::tie(e.log_dM, e.sign_dM) = der.result();
   return e;
 }
 
 template <class S>
-ExactPoint exact_valid(const Spectrum<S>& sp, S eta_s, Steps t) {
-  using Wide = typename Spectrum<S>::Wide;
-  using detail::parity_sign;
+ExactPoint<typename Spectrum<S>::Wide> exact_valid(const Spectrum<S>& sp, const S& eta_s, Steps t) {
+  using W = typename Spectrum<S>::Wide;
   if (!sp.has_valid) throw std::invalid_argument("this task has no validation set");
-  const Wide eta = Wide(eta_s), tt = Wide(static_cast<long double>(t));
-  const long double tl = static_cast<long double>(t);
+  const W eta = W(eta_s), tt = W(static_cast<long double>(t));
+  const bool t_odd = (t % 2) != 0;
   const Index k = sp.c.size();
-  const Wide NEG_INF = -std::numeric_limits<Wide>::infinity();
-  std::vector<Wide> lz(k, NEG_INF), ld(k, NEG_INF);
-  std::vector<int> sz(k, 0), sd(k, 0);
-  Wide mz = NEG_INF, md = NEG_INF;
+  const W NEG_INF = -sm::infinity<W>();
+  std::vector<W> lz(static_cast<size_t>(k), NEG_INF), ld(static_cast<size_t>(k), NEG_INF);
+  std::vector<int> sz(static_cast<size_t>(k), 0), sd(static_cast<size_t>(k), 0);
+  W mz = NEG_INF, md = NEG_INF;
   for (Index i = 0; i < k; ++i) {
-    const Wide ci = Wide(sp.c[i]);
-    if (ci == 0) continue;
-    const Wide lam = sp.lam_v[i];
-    const auto [lq, sq] = log_one_minus(eta, lam);
-    const int sc = ci > 0 ? 1 : -1;
-    const Wide lc = std::log(std::fabs(ci));
+    const size_t u = static_cast<size_t>(i);
+    const W ci = W(sp.c[i]);
+    if (ci == W(0)) continue;
+    const W& lam = sp.lam_v[u];
+    const auto [lq, sq] = detail::log_one_minus(eta, lam);
+    const int sc = ci > W(0) ? 1 : -1;
+    const W lc = sm::log(sm::abs(ci));
     if (sq != 0) {
-      lz[i] = lc + tt * lq;
-      sz[i] = sc * parity_sign<Wide>(sq, tl);
+      lz[u] = lc + tt * lq;
+      sz[u] = sc * detail::parity_sign(sq, t_odd);
     }
     // dz_i/deta = -t lambda_i c_i (1 - eta lambda_i)^(t-1)
     if (t == 1) {
-      ld[i] = std::log(lam) + lc;
-      sd[i] = -sc;
+      ld[u] = sm::log(lam) + lc;
+      sd[u] = -sc;
     } else if (sq != 0) {
-      ld[i] = std::log(tt) + std::log(lam) + lc + (tt - Wide(1)) * lq;
-      sd[i] = -sc * parity_sign<Wide>(sq, tl - 1);
+      ld[u] = sm::log(tt) + sm::log(lam) + lc + (tt - W(1)) * lq;
+      sd[u] = -sc * detail::parity_sign(sq, !t_odd);
     }
-    if (sz[i] != 0) mz = std::max(mz, lz[i]);
-    if (sd[i] != 0) md = std::max(md, ld[i]);
+    if (sz[u] != 0) mz = std::max(mz, lz[u]);
+    if (sd[u] != 0) md = std::max(md, ld[u]);
   }
-  const Wide rnorm = Wide(sp.r_inf.norm());
-  const Wide rho = rnorm > 0 ? std::log(rnorm) : NEG_INF;
-  const Wide m = std::max(rho, mz);
-  ExactPoint e;
-  if (m == NEG_INF) {  // residual exactly zero for every t
-    e.log_M = -std::numeric_limits<long double>::infinity();
-    e.sign_M = 0;
-    e.log_dM = -std::numeric_limits<long double>::infinity();
-    e.sign_dM = 0;
-    return e;
-  }
+  const W rnorm = W(sp.r_inf.norm());
+  const W rho = detail::log_or_neg_inf(rnorm);
+  const W m = std::max(rho, mz);
+  ExactPoint<W> e;
+  if (m == NEG_INF) return e;  // residual exactly zero for every t
   // r~ = r_inf e^{-m} + B zhat e^{mz - m}: every factor <= 1, nothing overflows.
   Vec<S> zh = Vec<S>::Zero(k), dh = Vec<S>::Zero(k);
   for (Index i = 0; i < k; ++i) {
-    if (sz[i] != 0) zh[i] = S(sz[i] * std::exp(lz[i] - m));
-    if (sd[i] != 0) dh[i] = S(sd[i] * std::exp(ld[i] - md));
+    const size_t u = static_cast<size_t>(i);
+    if (sz[u] != 0) zh[i] = S(W(sz[u]) * sm::exp(W(lz[u] - m)));
+    if (sd[u] != 0) dh[i] = S(W(sd[u]) * sm::exp(W(ld[u] - md)));
   }
   Vec<S> rt = sp.B * zh;
-  if (rnorm > 0) rt += sp.r_inf * S(std::exp(rho - m) / rnorm);  // r_inf e^{-m}, norm <= 1
-  const Wide nrm2 = Wide(rt.squaredNorm());
-  e.log_M = static_cast<long double>(Wide(2) * m + std::log(nrm2) - std::log(Wide(2) * Wide(sp.n_valid)));
-  e.sign_M = nrm2 > 0 ? 1 : 0;
-  if (md == NEG_INF) {
-    e.log_dM = -std::numeric_limits<long double>::infinity();
-    e.sign_dM = 0;
-  } else {
-    const Wide q = Wide((sp.B.transpose() * rt).dot(dh));
-    e.sign_dM = (q > 0) - (q < 0);
-    e.log_dM = q != 0 ? static_cast<long double>(m + md + std::log(std::fabs(q)) - std::log(Wide(sp.n_valid)))
-                      : -std::numeric_limits<long double>::infinity();
+  if (rnorm > W(0)) rt += sp.r_inf * S(sm::exp(W(rho - m)) / rnorm);  // r_inf e^{-m}, norm <= 1
+  const W nrm2 = W(rt.squaredNorm());
+  if (nrm2 > W(0)) {
+    e.log_M = W(2) * m + sm::log(nrm2) - sm::log(W(2) * W(sp.n_valid));
+    e.sign_M = 1;
+  }
+  if (md != NEG_INF) {
+    const W q = W((sp.B.transpose() * rt).dot(dh));
+    e.sign_dM = (q > W(0)) - (q < W(0));
+    if (q != W(0)) e.log_dM = m + md + sm::log(sm::abs(q)) - sm::log(W(sp.n_valid));
   }
   return e;
 }
 
 // Objective from the exact point, all in log form.
 template <class S>
-Outcome exact_outcome(const Spectrum<S>& sp, S eta, const MetaOptions& opt) {
-  const ExactPoint e = opt.valid ? exact_valid(sp, eta, opt.steps) : exact_train(sp, eta, opt.steps);
+Outcome exact_outcome(const Spectrum<S>& sp, const S& eta, const MetaOptions& opt) {
+  using W = typename Spectrum<S>::Wide;
   Outcome out;
-  const long double t = static_cast<long double>(opt.steps);
+  if (!sp.problem.empty()) {
+    out.diag.fail(Quantity::loss, "non-finite", 0);
+    out.diag.kind = "non-finite (" + sp.problem + ")";
+    out.value = Num::of(sm::quiet_nan<double>());
+    out.grad = Num::of(sm::quiet_nan<double>());
+    return out;
+  }
+  const ExactPoint<W> e = opt.valid ? exact_valid(sp, eta, opt.steps) : exact_train(sp, eta, opt.steps);
+  const W t = W(static_cast<long double>(opt.steps));
   if (opt.objective == Objective::final_loss) {
     out.value = Num::of_log(e.log_M, e.sign_M);
     out.grad = Num::of_log(e.log_dM, e.sign_dM);
+  } else if (e.sign_M <= 0) {
+    out.diag.fail(Quantity::meta_loss, "zero (log undefined)", opt.steps);
+    out.value = Num::of(-sm::infinity<double>());
+    out.grad = Num::of(sm::quiet_nan<double>());
   } else {
-    if (e.sign_M <= 0) {
-      out.diag.fail(Quantity::meta_loss, "zero (log undefined)", opt.steps);
-      out.value = Num::of(-std::numeric_limits<double>::infinity());
-      out.grad = Num::of(std::numeric_limits<double>::quiet_NaN());
-    } else {
-      const long double G = e.log_M / t;
-      out.value = Num::of(G);
-      out.grad = Num::of_log(e.log_dM - std::log(t) - e.log_M, e.sign_dM);
-    }
+    out.value = Num::of(W(e.log_M / t));
+    out.grad = Num::of_log(W(e.log_dM - sm::log(t) - e.log_M), e.sign_dM);
   }
   return out;
 }

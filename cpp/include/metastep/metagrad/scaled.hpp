@@ -22,14 +22,12 @@ namespace metastep {
 
 namespace detail {
 
-constexpr long double LN2 = 0.693147180559945309417232121458176568L;
-
 // Scale x (and the constant-term factor *off, if given) by 2^-k so that its largest
 // magnitude lies in [1/2, 1); returns k. Zero or non-finite vectors are left alone (0).
 template <class S>
 std::int64_t renormalize(Vec<S>& x, S* off) {
   S m = maxabs(x);
-  if (off) m = std::max(m, sm::abs(*off));
+  if (off && sm::abs(*off) > m) m = sm::abs(*off);
   if (!(m > S(0)) || !sm::isfinite(m)) return 0;
   int k = 0;
   sm::frexp(m, &k);
@@ -48,10 +46,15 @@ S pow2(std::int64_t diff) {
   return sm::ldexp(S(1), static_cast<int>(diff));
 }
 
-// log of a positive scalar computed in S (mantissas are near 1: no range issue), as long double.
-template <class S>
-long double log_of(S x) {
-  return static_cast<long double>(sm::to_longdouble(sm::log(sm::abs(x))));
+// log|x| of a mantissa (near 1: no range issue) computed in S, carried in the wide type W.
+template <class W, class S>
+W log_of(const S& x) {
+  return W(sm::log(sm::abs(x)));
+}
+// E ln 2 in the wide type.
+template <class W>
+W exp2_log(std::int64_t E) {
+  return W(static_cast<long double>(E)) * sm::log(W(2));
 }
 
 template <class S>
@@ -61,20 +64,21 @@ double log2_mag(std::int64_t E, S mant) {
 }
 
 // Objective from log M and the log-magnitude/sign of dM/deta (shared by both variants).
-inline Outcome scaled_outcome(long double logM, bool M_pos, long double log_dM, int sign_dM,
-                              const MetaOptions& opt, Diagnostics diag) {
+template <class W>
+Outcome scaled_outcome(const W& logM, bool M_pos, const W& log_dM, int sign_dM, const MetaOptions& opt,
+                       Diagnostics diag) {
   Outcome out;
-  const long double t = static_cast<long double>(opt.steps);
+  const W t = W(static_cast<long double>(opt.steps));
   if (opt.objective == Objective::final_loss) {
-    out.value = M_pos ? Num::of_log(logM, 1) : Num::of(0.0);
+    out.value = M_pos ? Num::of_log(logM, 1) : Num::of(W(0));
     out.grad = Num::of_log(log_dM, sign_dM);
   } else if (!M_pos) {
     diag.fail(Quantity::meta_loss, "zero (log undefined)", opt.steps);
     out.value = Num::of(-std::numeric_limits<double>::infinity());
     out.grad = Num::of(std::numeric_limits<double>::quiet_NaN());
   } else {
-    out.value = Num::of(logM / t);
-    out.grad = Num::of_log(log_dM - std::log(t) - logM, sign_dM);
+    out.value = Num::of(W(logM / t));
+    out.grad = Num::of_log(W(log_dM - sm::log(t) - logM), sign_dM);
   }
   out.diag = std::move(diag);
   return out;
@@ -85,6 +89,7 @@ inline Outcome scaled_outcome(long double logM, bool M_pos, long double log_dM, 
 template <class Problem, class S = typename Problem::S>
 Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOptions& opt) {
   using namespace detail;
+  using W = typename ScalarTraits<S>::Wide;
   const Steps t = opt.steps;
   const Index d = p.dim();
   Diagnostics diag;
@@ -119,9 +124,8 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   const S q = gM.dot(v);
   if (!sm::isfinite(q)) diag.fail(Quantity::meta_grad, "non-finite", t);
   const bool M_pos = Mh > S(0);
-  const long double logM = M_pos ? 2.0L * Ew * LN2 + log_of(Mh) : -std::numeric_limits<long double>::infinity();
-  const long double log_dM = q != S(0) ? static_cast<long double>(Ew + Ev) * LN2 + log_of(q)
-                                      : -std::numeric_limits<long double>::infinity();
+  const W logM = M_pos ? exp2_log<W>(2 * Ew) + log_of<W>(Mh) : -sm::infinity<W>();
+  const W log_dM = q != S(0) ? exp2_log<W>(Ew + Ev) + log_of<W>(q) : -sm::infinity<W>();
   diag.forward_steps = t;
   return scaled_outcome(logM, M_pos, log_dM, sm::sign(q), opt, std::move(diag));
 }
@@ -129,11 +133,12 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
 template <class Problem, class S = typename Problem::S>
 Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOptions& opt) {
   using namespace detail;
+  using W = typename ScalarTraits<S>::Wide;
   const Steps t = opt.steps;
   const Index d = p.dim();
   Diagnostics diag;
   Workspace<S> ws;
-  Mat<S> W(static_cast<Index>(t) + 1, d);
+  Mat<S> traj(static_cast<Index>(t) + 1, d);
   std::vector<std::int64_t> E(static_cast<size_t>(t) + 1);
   std::vector<S> offs(static_cast<size_t>(t) + 1);
   Vec<S> w = p.w0(), g(d), ha(d);
@@ -141,7 +146,7 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   S* offp = p.has_offset() ? &off : nullptr;
   std::int64_t Ew = renormalize(w, offp);
   for (Steps tau = 0; tau < t; ++tau) {
-    W.row(tau) = w.transpose();
+    traj.row(tau) = w.transpose();
     E[static_cast<size_t>(tau)] = Ew;
     offs[static_cast<size_t>(tau)] = off;
     const S f = p.value_grad(w, g, ws, off);
@@ -153,7 +158,7 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
     Ew += renormalize(w, offp);
     if (!sm::isfinite(maxabs(w))) diag.fail(Quantity::iterate, "non-finite", tau + 1);
   }
-  W.row(t) = w.transpose();
+  traj.row(t) = w.transpose();
   E[static_cast<size_t>(t)] = Ew;
   diag.stored_states = t + 1;
   Vec<S> a(d);
@@ -161,22 +166,21 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   if (ws.cancellation) diag.fail(Quantity::meta_loss, "cancellation", t);
   if (!sm::isfinite(Mh)) diag.fail(Quantity::meta_loss, "non-finite", t);
   const bool M_pos = Mh > S(0);
-  const long double logM = M_pos ? 2.0L * Ew * LN2 + log_of(Mh) : -std::numeric_limits<long double>::infinity();
+  const W logM = M_pos ? exp2_log<W>(2 * Ew) + log_of<W>(Mh) : -sm::infinity<W>();
   std::int64_t Ea = Ew + renormalize(a, static_cast<S*>(nullptr));
   // Per-step terms dM/deta_tau = -a_{tau+1} . g(w_tau) as (log|.|, sign).
-  std::vector<long double> lt(static_cast<size_t>(t));
+  std::vector<W> lt(static_cast<size_t>(t));
   std::vector<int> st(static_cast<size_t>(t));
-  detail::LogSum<long double> total;
+  detail::LogSum<W> total;
   Vec<S> wt(d);
   for (Steps tau = t - 1; tau >= 0; --tau) {
-    wt = W.row(tau).transpose();
+    wt = traj.row(tau).transpose();
     const std::int64_t Et = E[static_cast<size_t>(tau)];
     p.value_grad_hvp(wt, a, g, ha, ws, offs[static_cast<size_t>(tau)]);
     const S q = -a.dot(g);
     if (!sm::isfinite(q)) diag.fail(Quantity::meta_grad, "non-finite", tau);
     st[static_cast<size_t>(tau)] = sm::sign(q);
-    lt[static_cast<size_t>(tau)] = q != S(0) ? static_cast<long double>(Ea + Et) * LN2 + log_of(q)
-                                             : -std::numeric_limits<long double>::infinity();
+    lt[static_cast<size_t>(tau)] = q != S(0) ? exp2_log<W>(Ea + Et) + log_of<W>(q) : -sm::infinity<W>();
     total.add(lt[static_cast<size_t>(tau)], st[static_cast<size_t>(tau)]);
     a -= eta.at(tau) * ha;
     Ea += renormalize(a, static_cast<S*>(nullptr));
@@ -187,11 +191,10 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   const auto [log_dM, sign_dM] = total.result();
   Outcome out = scaled_outcome(logM, M_pos, log_dM, sign_dM, opt, diag);
   if (eta.schedule) {
-    const long double shift = opt.objective == Objective::log_loss
-                                  ? std::log(static_cast<long double>(t)) + logM : 0.0L;
+    const W shift = opt.objective == Objective::log_loss ? W(sm::log(W(static_cast<long double>(t))) + logM) : W(0);
     out.grad_steps.reserve(static_cast<size_t>(t));
     for (Steps tau = 0; tau < t; ++tau)
-      out.grad_steps.push_back(Num::of_log(lt[static_cast<size_t>(tau)] - shift, st[static_cast<size_t>(tau)]));
+      out.grad_steps.push_back(Num::of_log(W(lt[static_cast<size_t>(tau)] - shift), st[static_cast<size_t>(tau)]));
   }
   return out;
 }
