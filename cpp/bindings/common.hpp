@@ -68,6 +68,7 @@ inline py::dict diag_dict(const Diagnostics& g) {
   d["recomputed_steps"] = g.recomputed_steps;
   d["forward_steps"] = g.forward_steps;
   d["grad_condition"] = g.grad_condition;
+  d["grad_rel_error"] = g.grad_rel_error;
   return d;
 }
 

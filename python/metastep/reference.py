@@ -29,40 +29,52 @@ Public functions
 How the closed forms reach ``prec`` correct bits
 ------------------------------------------------
 Both closed forms need an eigendecomposition of a symmetric matrix (``H``; for least squares the
-smaller of the Gram matrices ``X^T X`` and ``X X^T``).  ``mpmath.eigsy`` is too slow for the sizes
-the tests use (about 2 s for d = 50), so the decomposition is computed here by
+smaller of the Gram matrices ``X^T X`` and ``X X^T``, formed exactly in integer arithmetic).
+``mpmath.eigsy`` is too slow for the sizes the tests use (about 2 s for d = 50), so the
+decomposition is computed here in exact fixed-point integer arithmetic (Python ints scaled by
+``2**F``, the matrix normalised so that its largest entry is about 1) by
 
-1. ``numpy.linalg.eigh`` in float64 as a starting guess, then
-2. the Ogita-Aishima Newton refinement ``X <- X (I + E)`` (it only needs matrix products; each step
-   doubles the number of correct bits) carried out in exact fixed-point integer arithmetic
-   (Python ints scaled by ``2**F``), with the working precision raised step by step up to ``F``,
-3. a few threshold Jacobi rotations for pairs of eigenvalues too close to be separated by the
-   Newton step (clusters, repeated eigenvalues), and ``mpmath.eigsy`` as a fallback should the
-   refinement ever fail to converge.
+1. ``numpy.linalg.eigh`` in float64 as a starting guess (of the matrix shifted by the centre of its
+   spectrum when all eigenvalues are close together, so the guess resolves them);
+2. the Ogita-Aishima Newton refinement ``X <- X (I + E)``, which only needs matrix products and
+   doubles the number of correct bits per step; the working precision is raised with it, so the
+   early steps are cheap;
+3. clusters (pairs too close for a safe Newton step: their correction would not be small, or would
+   be dominated by rounding) are only orthogonalised by the Newton step and are resolved instead by
+   Jacobi rotations (small clusters) or by a recursive decomposition of the cluster's coupling
+   block (large ones), at the same precision; repeated eigenvalues need neither;
+4. ``mpmath.eigsy`` as a fallback should the refinement not converge (it has not happened on
+   ordinary inputs; only on contrived matrices with eigenvalues spread over hundreds of orders of
+   magnitude).
 
-The result is backward stable: it is the exact decomposition of a matrix within about ``2**-F``
-(relative, normwise) of the input.  Eigenvalues whose magnitude is below a small multiple of that
-backward error are indistinguishable from zero and are set to exactly zero ("snapped"), so a
-genuinely singular matrix (least squares with ``n < d``, rank-deficient data) has exact null
-directions that do not move under GD and do not leak into gradients.
+The result is backward stable: it is the exact decomposition of a matrix within a few times
+``d 2**-F`` (relative to the largest entry, normwise) of the input.  Eigenvalues whose magnitude is
+below 4 times the measured backward error (plus ``64 d`` units of ``2**-F``) are indistinguishable
+from zero at this precision and are set to exactly zero ("snapped"): a genuinely singular matrix
+(least squares with rank-deficient data, a singular ``H``) then has exact null directions that do
+not move under GD and do not leak into gradients.  A genuine eigenvalue that small is lost to any
+normwise-stable method anyway; the certification below raises ``F`` when it would matter.
 
 The error in the final result is that backward error multiplied by the sensitivity of the
 formula, which depends on the data: the factors ``(1 - eta*lam)**(2t)`` turn an eigenvalue error
-``dl`` into a relative error of about ``2 t eta dl / |1 - eta lam|``, tiny eigenvalues are only
-known to absolute accuracy, terms can cancel near a stationary point ``dM/deta = 0``, and so on.
-Instead of relying on an a-priori bound, every closed-form call is *certified* in the manner of
-Ziv's strategy: the result is computed at two working precisions ``F1`` and ``F2 = F1 + 48``
-(the second refines the first decomposition, so it costs one or two Newton steps) and accepted
-only when both agree to ``2**-(prec + 8)`` relative; since the error shrinks by about ``2**-48``
-from ``F1`` to ``F2``, the returned (``F2``) value then carries roughly ``prec + 50`` correct bits.
-Otherwise the precision is raised by the number of bits that were missing and the check repeated.
-The first ``F1`` is ``prec + 32 + bitlen(t) + 2 bitlen(d)``, which covers the ``2 t`` amplification
-in ordinary cases, so the check usually passes at once.  If it cannot be passed below a cap of
-about ``4 (prec + 128)`` bits (which happens only for results that are exactly zero in exact
-arithmetic but are computed as a tiny non-zero number, e.g. a start point that lies exactly in
-the null space of ``H``) a ``RuntimeWarning`` is issued and the best value is returned.
-Decompositions are cached (keyed by the input bytes and the precision), so repeated calls with
-the same matrix and other step sizes or horizons only cost O(d^2) mp operations.
+``dl`` into a relative error of about ``2 t eta dl / |1 - eta lam|`` (this is the 2t amplification:
+``bitlen(t)`` extra bits cover it), tiny eigenvalues are only known to absolute accuracy, terms can
+cancel near a stationary point ``dM/deta = 0``, and so on.  Instead of relying on an a-priori bound,
+every closed-form call is *certified* in the manner of Ziv's strategy: the result (the meta-loss
+and its derivative) is computed at two working precisions ``F1`` and ``F2 = F1 + 48`` (the second
+refines the cached first decomposition, so it costs one or two Newton steps) and accepted only when
+both agree to ``2**-(prec + 8)`` relative; since the error shrinks by about ``2**-48`` from ``F1`` to
+``F2``, the returned (``F2``) value then carries roughly ``prec + 50`` correct bits before it is
+rounded to ``prec`` bits.  Otherwise the precision is raised by the number of bits that were missing
+and the check repeated.  The first ``F1`` is ``prec + 32 + bitlen(t) + 2 bitlen(d)``, enough for
+ordinary inputs, so the check usually passes at once.  If it cannot be passed below
+``F1 + 2 prec + 512`` bits (in practice only for results that are exactly zero in exact arithmetic
+but come out as a tiny non-zero number, e.g. a start point lying exactly in the null space of a
+non-diagonal singular ``H``) a ``RuntimeWarning`` is issued and the best value is returned.
+The mp evaluation itself works at ``F + 32`` bits with exact products ``eta * lam`` and sums that do
+not drop small terms, so it adds nothing comparable.  Decompositions are cached (keyed by the input
+bytes and the precision), so repeated calls with the same matrix and other step sizes or horizons
+cost O(d^2) mp operations (a few ms).
 
 For the ``"log"`` objective the value ``log(M)/t`` is certified relatively as well (the check on
 ``M`` is tightened when ``|log M| < 1``).
@@ -74,12 +86,25 @@ They propagate the residuals (``X w - y``, ``w - w*``) rather than recomputing t
 not lost to cancellation when it becomes small.
 
 All returned numbers are ``mpmath.mpf`` rounded to ``prec`` bits.
+
+Caveats
+-------
+* ``H`` is taken as given: a float64 matrix such as ``X.T @ X`` with ``n < d`` is usually *not*
+  exactly singular and may have tiny negative eigenvalues; the results are exact for that matrix
+  (the meta-loss can then even be negative, and the ``"log"`` objective raises ``ValueError``).
+* Least squares with ``n > d`` and labels exactly in the range of ``X`` (possible only with
+  specially constructed data, e.g. small integers) has a true minimum loss of exactly 0; it is
+  computed to about ``2**-2F`` absolute, so for very long horizons, when the loss falls below that,
+  the certification runs into its cap and warns.  Float64 data with ``y = X @ w`` is not affected
+  (its rounding leaves a genuinely non-zero minimum).
+* Certification compares two evaluations; it is a very strong practical check, not a proof.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import numbers
+import threading
 import warnings
 from collections import OrderedDict
 from operator import mul
@@ -226,6 +251,12 @@ def _rsr(x: int, k: int) -> int:
     if k <= 0:
         return x << (-k)
     return (x + (1 << (k - 1))) >> k
+
+
+def _fixed(x: float, F: int) -> int:
+    """``x * 2**F`` rounded to an integer (any F >= 0, no float overflow)."""
+    num, den = x.as_integer_ratio()
+    return _rsr(num << F, den.bit_length() - 1)
 
 
 def _digest(*parts: Any) -> str:
@@ -380,6 +411,26 @@ def _residual_offdiag(S: list, R: list, lam: list, F: int, cap: Optional[int] = 
     return math.isqrt(tot)
 
 
+def _block_rotate(S: list, R: list, XT: list, F: int, g: Sequence[int], depth: int) -> list:
+    """Rotate the columns ``g`` of ``X`` by the eigenvectors of the group-shifted coupling block
+    ``(S - sigma (I - R))[g, g]``, computed (recursively) to ``F`` bits; returns the new columns."""
+    k = len(g)
+    sigma = sum(S[i][i] for i in g) // k
+    B = [[S[p][q] + ((sigma * R[p][q]) >> F) - (sigma if p == q else 0) for q in g] for p in g]
+    for i in range(k):                          # exact symmetry
+        for j in range(i):
+            B[i][j] = B[j][i]
+    sub = _eig_sym(B, -F, F, None, depth + 1)
+    Qi = sub.vecs                               # columns, scale 2**F, orthonormal to ~2**-F
+    cols = [XT[i] for i in g]
+    rows = list(zip(*cols))                     # rows of X restricted to the group's columns
+    new = [[_rsr(sum(map(mul, r, qj)), F) for r in rows] for qj in Qi]
+    XT = list(XT)
+    for j, i in enumerate(g):
+        XT[i] = new[j]
+    return XT
+
+
 def _clusters(lam: Sequence[int], delta: int) -> List[List[int]]:
     """Groups of indices whose values are chained by gaps <= delta (singletons omitted)."""
     order = sorted(range(len(lam)), key=lambda i: lam[i])
@@ -412,7 +463,7 @@ def _eig_fallback(A: list, F: int, s: int, conv_err: int) -> _Eig:
     return _Eig(F, s, lam, vecs, err, "eigsy")
 
 
-def _eig_sym(M: list, m_exp: int, F: int, start: Optional[_Eig] = None) -> _Eig:
+def _eig_sym(M: list, m_exp: int, F: int, start: Optional[_Eig] = None, depth: int = 0) -> _Eig:
     """Eigendecomposition of the exact symmetric matrix ``M * 2**m_exp`` (``M`` nested int lists)
     to a backward error of about ``2**-F`` relative to its largest entry."""
     d = len(M)
@@ -463,11 +514,12 @@ def _eig_sym(M: list, m_exp: int, F: int, start: Optional[_Eig] = None) -> _Eig:
         _, Q = np.linalg.eigh(0.5 * (Af + Af.T))
         good_bits = 44
         Fc = min(F, 2 * good_bits + 24 + logd)
-        XT = [[int(math.ldexp(float(q), Fc)) for q in Q[:, i]] for i in range(d)]
+        XT = [[_fixed(float(q), Fc) for q in Q[:, i]] for i in range(d)]
 
     converged = False
     R = S = lamt = None
     nrot = 0
+    block_steps = 0
     for _ in range(60):
         Ac = A if Fc == F else [[_rsr(v, F - Fc) for v in row] for row in A]
         R, S = _sym_products(XT, Ac, Fc)
@@ -495,6 +547,16 @@ def _eig_sym(M: list, m_exp: int, F: int, start: Optional[_Eig] = None) -> _Eig:
                 sg = sum(S[i][i] for i in g) // len(g)
                 if any(abs(S[p][q] + ((sg * R[p][q]) >> Fc)) > lim for i, p in enumerate(g) for q in g[i + 1:]):
                     active.append(g)
+            big = [g for g in active if len(g) > 4]
+            if big and block_steps < 8 and depth < 8:
+                # large clusters: rotate the cluster's columns by the eigenvectors of its (shifted)
+                # coupling block, computed by a recursive call at the same precision.  This resolves
+                # the structure inside the cluster at once, whatever its scale (much cheaper than
+                # hundreds of Jacobi rotations); the next Newton steps continue quadratically.
+                for g in big:
+                    XT = _block_rotate(S, R, XT, Fc, g, depth)
+                block_steps += 1
+                continue
             if active:
                 ok, k = _jacobi(S, R, XT, Fc, active, lim)
                 nrot += k
@@ -553,31 +615,37 @@ _EIG_CACHE: "OrderedDict[Tuple[str, int], _Eig]" = OrderedDict()
 _EIG_CACHE_SIZE = 32
 
 
+_EIG_LOCK = threading.Lock()
+
+
 def clear_cache() -> None:
     """Forget all cached eigendecompositions."""
-    _EIG_CACHE.clear()
+    with _EIG_LOCK:
+        _EIG_CACHE.clear()
 
 
 def _decomposition(key: str, M: list, m_exp: int, F: int) -> _Eig:
     """Cached, snapped eigendecomposition at precision ``F``; refines the best cached lower-precision
     decomposition of the same matrix when there is one."""
     ck = (key, F)
-    hit = _EIG_CACHE.get(ck)
-    if hit is not None:
-        _EIG_CACHE.move_to_end(ck)
-        return hit
-    start = None
-    for (k2, F2), e in _EIG_CACHE.items():
-        if k2 == key and F2 < F and (start is None or F2 > start.F) and e.method == "refined":
-            start = e
+    with _EIG_LOCK:
+        hit = _EIG_CACHE.get(ck)
+        if hit is not None:
+            _EIG_CACHE.move_to_end(ck)
+            return hit
+        start = None
+        for (k2, F2), e in _EIG_CACHE.items():
+            if k2 == key and F2 < F and (start is None or F2 > start.F) and e.method == "refined":
+                start = e
     eig = _eig_sym(M, m_exp, F, start)
     # eigenvalues within a small multiple of the backward error are exactly zero as far as this
     # precision can tell: make them so (exactly singular matrices then behave exactly)
     tol = 4 * eig.err_ulps + 64 * len(M)
     eig.lam = [0 if abs(v) <= tol else v for v in eig.lam]
-    _EIG_CACHE[ck] = eig
-    while len(_EIG_CACHE) > _EIG_CACHE_SIZE:
-        _EIG_CACHE.popitem(last=False)
+    with _EIG_LOCK:
+        _EIG_CACHE[ck] = eig
+        while len(_EIG_CACHE) > _EIG_CACHE_SIZE:
+            _EIG_CACHE.popitem(last=False)
     return eig
 
 
@@ -597,7 +665,7 @@ def _rel_diff(a, b):
 def _certified(evaluate, prec: int, F0: int, log_value: bool, what: str):
     """Run ``evaluate(F) -> (M, dM)`` at two precisions until they agree to ``2**-(prec+8)``."""
     mp = _mp()
-    cap = 4 * (prec + 128) + F0
+    cap = F0 + 2 * prec + 512
     F1 = F0
     while True:
         a = evaluate(F1)
@@ -634,7 +702,7 @@ def _finish(M, dM, t: int, objective: str, prec: int):
                                  "the log objective is undefined")
             if M == 0:
                 val = mp.ninf
-                grad = mp.nan
+                grad = [mp.nan] * len(dM) if isinstance(dM, list) else mp.nan
             else:
                 val = mp.log(M) / t
                 if isinstance(dM, list):
@@ -982,7 +1050,7 @@ class _Problem:
             self.w0 = _mpvec(w0)
             yy = _mpvec(y)
             self.r0 = [mp.fsub(a, b) for a, b in zip(_mv(self.X, self.w0), yy)]
-            self.has_valid = Xv is not None
+            self.has_valid = need_valid and Xv is not None      # propagate the validation residual only if used
             if self.has_valid:
                 self.nv = Xv.shape[0]
                 self.Xv = _mpmat(Xv)
@@ -1021,7 +1089,7 @@ class _Problem:
             s = [a - eta * b for a, b in zip(state[1], Xvg)]
         return [r, s]
 
-    def tangent_step(self, tan, state_g, eta, gt):
+    def tangent_step(self, tan, gt):
         """Tangent after one step: d(w - eta g)/deta = wdot - g - eta gdot; ``gt = g + eta gdot``."""
         if self.kind == "quadratic":
             return [[a - b for a, b in zip(tan[0], gt)]]
@@ -1085,6 +1153,12 @@ def _steps(eta, schedule, t):
     return [e] * _int_t(t), False
 
 
+def _problem_dim(H, X) -> int:
+    if H is None and X is None:
+        raise TypeError("give H (quadratic, with w0) or X and y (least squares)")
+    return _array(H, "H", 2).shape[0] if H is not None else _array(X, "X", 2).shape[1]
+
+
 def _iter_prec(prec, t, d):
     return prec + 64 + 2 * t.bit_length() + d.bit_length()
 
@@ -1108,7 +1182,7 @@ def iterate_metagrad(H: Any = None, w0: Any = None, w_star: Any = None, X: Any =
     on = _choice(on, "on", _ON)
     steps, is_schedule = _steps(eta, schedule, t)
     T = len(steps)
-    d = _array(H, "H", 2).shape[0] if H is not None else _array(X, "X", 2).shape[1]
+    d = _problem_dim(H, X)
     with mp.workprec(_iter_prec(prec, T, d)):
         prob = _Problem(H, w0, w_star, X, y, Xv, yv, on, on == "valid")
         state = prob.initial()
@@ -1119,7 +1193,7 @@ def iterate_metagrad(H: Any = None, w0: Any = None, w_star: Any = None, X: Any =
                 g = prob.grad(state)
                 gd = prob.grad_of_tangent(tan)
                 gt = [a + et * b for a, b in zip(g, gd)]
-                tan = prob.tangent_step(tan, state, et, gt)
+                tan = prob.tangent_step(tan, gt)
                 state = prob.step(state, et, g)
             M = prob.meta_loss(state)
             dM = prob.meta_loss_tangent(state, tan)
@@ -1152,7 +1226,7 @@ def trajectory_losses(H: Any = None, w0: Any = None, w_star: Any = None, X: Any 
     on = _choice(on, "on", _ON)
     steps, _ = _steps(eta, schedule, t)
     T = len(steps)
-    d = _array(H, "H", 2).shape[0] if H is not None else _array(X, "X", 2).shape[1]
+    d = _problem_dim(H, X)
     out = []
     with mp.workprec(_iter_prec(prec, T, d)):
         prob = _Problem(H, w0, w_star, X, y, Xv, yv, on, on == "valid")

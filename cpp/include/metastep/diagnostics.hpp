@@ -59,6 +59,7 @@ struct Diagnostics {
   std::int64_t recomputed_steps = 0;   // inner steps run again from checkpoints
   std::int64_t forward_steps = 0;      // inner steps of the first forward sweep
   double grad_condition = 0.0;         // sum|terms| / |sum| of the accumulated meta-gradient (reverse)
+  double grad_rel_error = 0.0;         // estimated relative rounding error of the meta-gradient
 
   void fail(Quantity q, const char* what, Steps at) {
     if (failed) return;
@@ -112,6 +113,16 @@ struct Diagnostics {
   void check_scalar(Quantity q, S value, Steps at) {
     if (!sm::isfinite(value)) fail(q, "non-finite", at);
     else if (value != S(0) && sm::abs(value) < sm::min_normal<S>()) fail(q, "subnormal", at);
+  }
+
+  // Flag a meta-gradient whose estimated relative rounding error exceeds eps^(1/3): two
+  // thirds of the digits are gone (e.g. the gradient of a converged least-squares fit is
+  // rounding noise). The estimate (a random-walk bound, usually pessimistic) is reported.
+  template <class S>
+  void check_grad_error(double rel, Steps at) {
+    grad_rel_error = rel;
+    const double limit = std::cbrt(sm::to_double(sm::epsilon<S>()));
+    if (!(rel <= limit)) fail(Quantity::meta_grad, "cancellation", at);
   }
 
   std::string status() const {

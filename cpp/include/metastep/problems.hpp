@@ -9,6 +9,7 @@
 // Problems are immutable after construction (safe to share between threads); all scratch
 // space lives in a Workspace created per run.
 #pragma once
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 
@@ -24,6 +25,7 @@ struct Workspace {
   Vec<Scalar> r;                // residual / difference vector
   Scalar residual_maxabs = 0;   // max |w - w*| or max |Xw - y| of the last evaluation
   bool cancellation = false;    // residual at the level of rounding noise (precision lost)
+  Scalar grad_err = 0;          // estimated absolute rounding error of each gradient entry
 };
 
 template <class Scalar>
@@ -47,6 +49,8 @@ class Quadratic {
       throw std::invalid_argument("w0 and w_star must have length d = H.shape[0]");
     if (H_.rows() < 1) throw std::invalid_argument("dimension must be at least 1");
     ws_scale_ = maxabs(ws_);
+    row_norm_ = 0;
+    for (Index i = 0; i < H_.rows(); ++i) row_norm_ = std::max(row_norm_, S(H_.row(i).norm()));
   }
   Index dim() const { return H_.rows(); }
   const Vec<S>& w0() const { return w0_; }
@@ -84,13 +88,16 @@ class Quadratic {
  private:
   void note_residual(Workspace<S>& ws, S off) const {
     ws.residual_maxabs = maxabs(ws.r);
+    // (H e)_i = <H_i, e> computed with an error of about eps ||H_i|| ||e|| (plus the rounding
+    // of e = w - w* itself, eps |w*| per entry).
+    ws.grad_err = sm::epsilon<S>() * row_norm_ * (ws.r.norm() + sm::sqrt(S(dim())) * ws_scale_ * off);
     // w - w* cancels when w approaches a non-zero w*: its relative error is about
     // eps * max|w*| / max|w - w*|. Beyond sqrt(eps) the loss has lost half its digits.
     ws.cancellation = ws_scale_ > S(0) && ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * ws_scale_ * off;
   }
   Mat<S> H_;
   Vec<S> w0_, ws_;
-  S ws_scale_;
+  S ws_scale_, row_norm_;
 };
 
 // f(w) = 1/(2n) ||X w - y||^2, with an optional validation set (X', y').
@@ -109,6 +116,8 @@ class LeastSquares {
     }
     y_scale_ = maxabs(y_);
     yv_scale_ = yv_.size() ? maxabs(yv_) : S(0);
+    col_norm_ = max_col_norm(X_);
+    col_norm_v_ = Xv_.size() ? max_col_norm(Xv_) : S(0);
   }
   Index dim() const { return X_.cols(); }
   Index n() const { return X_.rows(); }
@@ -122,7 +131,7 @@ class LeastSquares {
 
   bool has_offset() const { return y_scale_ > S(0) || yv_scale_ > S(0); }
   S value_grad(const Vec<S>& w, Vec<S>& g, Workspace<S>& ws, S off = S(1)) const {
-    return residual_value_grad(X_, y_, y_scale_, w, &g, ws, off);
+    return residual_value_grad(X_, y_, y_scale_, w, &g, ws, off, col_norm_);
   }
   S value_grad_hvp(const Vec<S>& w, const Vec<S>& v, Vec<S>& g, Vec<S>& hv, Workspace<S>& ws,
                    S off = S(1)) const {
@@ -139,14 +148,15 @@ class LeastSquares {
     hv = ws.out.col(1) * inv_n;
     ws.r = ws.rows.col(0);
     note_residual(ws, xw_scale + off * y_scale_);
+    ws.grad_err = grad_error(ws, col_norm_, n(), xw_scale + off * y_scale_);
     return ws.r.squaredNorm() * (S(0.5) * inv_n);
   }
   S meta(bool valid, const Vec<S>& w, Vec<S>* gM, Workspace<S>& ws, S off = S(1)) const {
     if (valid) {
       if (!has_valid()) throw std::invalid_argument("this least-squares task has no validation set");
-      return residual_value_grad(Xv_, yv_, yv_scale_, w, gM, ws, off);
+      return residual_value_grad(Xv_, yv_, yv_scale_, w, gM, ws, off, col_norm_v_);
     }
-    return residual_value_grad(X_, y_, y_scale_, w, gM, ws, off);
+    return residual_value_grad(X_, y_, y_scale_, w, gM, ws, off, col_norm_);
   }
 
  private:
@@ -155,8 +165,17 @@ class LeastSquares {
     // Xw - y cancels as the fit becomes exact: relative error about eps * scale / max|r|.
     ws.cancellation = ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * scale && scale > S(0);
   }
+  static S max_col_norm(const Mat<S>& A) {
+    S m = 0;
+    for (Index j = 0; j < A.cols(); ++j) m = std::max(m, S(A.col(j).norm()));
+    return m;
+  }
+  // (A^T r)_j / n has an error of about eps ||A_j|| (||r|| + sqrt(n) * scale of r's own rounding).
+  static S grad_error(const Workspace<S>& ws, S col_norm, Index n, S scale) {
+    return sm::epsilon<S>() * col_norm * (ws.r.norm() + sm::sqrt(S(n)) * scale) / S(n);
+  }
   static S residual_value_grad(const Mat<S>& A, const Vec<S>& b, S b_scale, const Vec<S>& w, Vec<S>* g,
-                               Workspace<S>& ws, S off) {
+                               Workspace<S>& ws, S off, S col_norm) {
     ws.r.noalias() = A * w;
     const S aw_scale = maxabs(ws.r);
     if (off == S(1)) ws.r -= b;
@@ -164,6 +183,7 @@ class LeastSquares {
     const S inv_n = S(1) / S(A.rows());
     if (g) g->noalias() = (A.transpose() * ws.r) * inv_n;
     note_residual(ws, aw_scale + off * b_scale);
+    ws.grad_err = grad_error(ws, col_norm, A.rows(), aw_scale + off * b_scale);
     return ws.r.squaredNorm() * (S(0.5) * inv_n);
   }
   Mat<S> X_;
@@ -171,7 +191,7 @@ class LeastSquares {
   Mat<S> Xv_;
   Vec<S> yv_;
   Vec<S> w0_;
-  S y_scale_, yv_scale_;
+  S y_scale_, yv_scale_, col_norm_ = 0, col_norm_v_ = 0;
 };
 
 // Step sizes of a run: one constant eta, or a schedule eta_0 .. eta_{t-1}.

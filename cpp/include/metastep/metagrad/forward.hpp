@@ -16,6 +16,7 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
   const Index d = p.dim();
   Vec<S> w = p.w0(), v = Vec<S>::Zero(d), g(d), hv(d);
   bool w_nonzero = false, v_nonzero = false;  // zero starts are legitimate
+  S verr2 = 0;                                // squared error estimate of the tangent
   for (Steps tau = 0; tau < t; ++tau) {
     const S f = p.value_grad_hvp(w, v, g, hv, ws);
     note_loss(diag, Quantity::loss, f, ws, tau);
@@ -27,6 +28,8 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
     const S e = eta.at(tau);
     w -= e * g;
     v -= g + e * hv;
+    // the tangent absorbs the rounding error of every gradient (random walk, contraction ignored)
+    verr2 += ws.grad_err * ws.grad_err * S(d) + sm::epsilon<S>() * sm::epsilon<S>() * v.squaredNorm();
   }
   diag.check_vector(Quantity::iterate, maxabs(w), w_nonzero, t);
   diag.check_vector(Quantity::tangent, maxabs(v), v_nonzero, t);
@@ -35,6 +38,10 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
   note_loss(diag, Quantity::meta_loss, M, ws, t);
   const S dM = gM.dot(v);
   diag.forward_steps = t;
+  if (dM != S(0) && sm::isfinite(dM)) {
+    const S est = ws.grad_err * v.norm() + gM.norm() * sm::sqrt(verr2) + sm::epsilon<S>() * gM.cwiseProduct(v).norm();
+    diag.check_grad_error<S>(sm::to_double(est / sm::abs(dM)), t);
+  }
   return finalize<S>(M, dM, nullptr, opt, std::move(diag));
 }
 

@@ -22,6 +22,8 @@ struct Backprop {
   Vec<S> a, g, ha;
   Vec<S> dM_steps;        // dM/deta_tau
   bool a_nonzero = true;
+  S rho_a = 0;            // relative (1-norm) rounding error of the adjoint, carried back linearly
+  S err2 = 0;             // accumulated squared absolute error estimate of the terms
 
   Backprop(const Problem& p_, const StepSizes<S>& eta_, Steps t, Diagnostics& diag_)
       : p(p_), eta(eta_), diag(diag_), g(p_.dim()), ha(p_.dim()), dM_steps(Vec<S>::Zero(t)) {}
@@ -46,6 +48,8 @@ struct Backprop {
     note_loss(diag, Quantity::meta_loss, M, ws, t);
     diag.check_vector(Quantity::adjoint, maxabs(a), true, t);
     a_nonzero = maxabs(a) != S(0);
+    const S a2 = a.norm();
+    rho_a = a2 > S(0) ? ws.grad_err * sm::sqrt(S(p.dim())) / a2 : S(0);
     diag.forward_steps = t;
     return M;
   }
@@ -54,6 +58,9 @@ struct Backprop {
   void step_back(const Vec<S>& w_tau, Steps tau) {
     p.value_grad_hvp(w_tau, a, g, ha, ws);
     dM_steps[tau] = -a.dot(g);
+    const S a2 = a.norm();
+    const S e = ws.grad_err * a2 + sm::epsilon<S>() * a.cwiseProduct(g).norm();
+    err2 += e * e;  // independent roundings add like a random walk
     a -= eta.at(tau) * ha;
     const S amax = maxabs(a);
     diag.check_vector(Quantity::adjoint, amax, a_nonzero, tau);
@@ -68,6 +75,10 @@ struct Backprop {
       sum_abs += sm::abs(dM_steps[tau]);
     }
     diag.grad_condition = sum != S(0) ? sm::to_double(sum_abs / sm::abs(sum)) : std::numeric_limits<double>::infinity();
+    if (sum != S(0) && sm::isfinite(sum))
+      // the adjoint's own error is one relative error carried linearly: it scales every term
+      diag.check_grad_error<S>(sm::to_double((sm::sqrt(err2) + (rho_a + sm::epsilon<S>()) * sum_abs) / sm::abs(sum)),
+                               dM_steps.size());
     return sum;
   }
 };

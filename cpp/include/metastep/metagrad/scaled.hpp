@@ -98,6 +98,7 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   S off = p.has_offset() ? S(1) : S(0);
   S* offp = p.has_offset() ? &off : nullptr;
   std::int64_t Ew = renormalize(w, offp), Ev = Ew;
+  S verr2 = 0;  // squared error estimate of the tangent mantissa
   for (Steps tau = 0; tau < t; ++tau) {
     const S f = p.value_grad_hvp(w, v, g, hv, ws, off);
     diag.loss.add_log2(log2_mag(2 * Ew, f));
@@ -110,8 +111,11 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
     const S rel = pow2<S>(Ew - Ev);
     w -= e * g;
     v -= rel * g + e * hv;
+    verr2 += ws.grad_err * ws.grad_err * rel * rel * S(d) + sm::epsilon<S>() * sm::epsilon<S>() * v.squaredNorm();
     Ew += renormalize(w, offp);
-    Ev += renormalize(v, static_cast<S*>(nullptr));
+    const std::int64_t kv = renormalize(v, static_cast<S*>(nullptr));
+    Ev += kv;
+    verr2 = sm::ldexp(verr2, static_cast<int>(-2 * kv));  // the error is scaled with v
     if (!sm::isfinite(maxabs(w))) diag.fail(Quantity::iterate, "non-finite", tau + 1);
     if (!sm::isfinite(maxabs(v))) diag.fail(Quantity::tangent, "non-finite", tau + 1);
   }
@@ -123,6 +127,10 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   if (!sm::isfinite(Mh)) diag.fail(Quantity::meta_loss, "non-finite", t);
   const S q = gM.dot(v);
   if (!sm::isfinite(q)) diag.fail(Quantity::meta_grad, "non-finite", t);
+  if (q != S(0) && sm::isfinite(q)) {
+    const S est = ws.grad_err * v.norm() + gM.norm() * sm::sqrt(verr2) + sm::epsilon<S>() * gM.cwiseProduct(v).norm();
+    diag.check_grad_error<S>(sm::to_double(est / sm::abs(q)), t);
+  }
   const bool M_pos = Mh > S(0);
   const W logM = M_pos ? exp2_log<W>(2 * Ew) + log_of<W>(Mh) : -sm::infinity<W>();
   const W log_dM = q != S(0) ? exp2_log<W>(Ew + Ev) + log_of<W>(q) : -sm::infinity<W>();
@@ -167,6 +175,10 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   if (!sm::isfinite(Mh)) diag.fail(Quantity::meta_loss, "non-finite", t);
   const bool M_pos = Mh > S(0);
   const W logM = M_pos ? exp2_log<W>(2 * Ew) + log_of<W>(Mh) : -sm::infinity<W>();
+  const S a2_t = a.norm();
+  const S rho_a = a2_t > S(0) ? ws.grad_err * sm::sqrt(S(d)) / a2_t : S(0);
+  detail::LogSum<W> err_total;  // squared per-step error bounds (random walk)
+  detail::LogSum<W> abs_total;  // sum of |terms|: scaled by the adjoint's carried relative error
   std::int64_t Ea = Ew + renormalize(a, static_cast<S*>(nullptr));
   // Per-step terms dM/deta_tau = -a_{tau+1} . g(w_tau) as (log|.|, sign).
   std::vector<W> lt(static_cast<size_t>(t));
@@ -182,6 +194,13 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
     st[static_cast<size_t>(tau)] = sm::sign(q);
     lt[static_cast<size_t>(tau)] = q != S(0) ? exp2_log<W>(Ea + Et) + log_of<W>(q) : -sm::infinity<W>();
     total.add(lt[static_cast<size_t>(tau)], st[static_cast<size_t>(tau)]);
+    abs_total.add(lt[static_cast<size_t>(tau)], 1);
+    if (q != S(0) && sm::isfinite(q)) {
+      const S a2 = a.norm();
+      const S bound = ws.grad_err * a2 + sm::epsilon<S>() * a.cwiseProduct(g).norm();
+      // squared errors summed (random walk): log(bound^2) with the scale, then halved below
+      if (bound > S(0)) err_total.add(W(W(2) * (exp2_log<W>(Ea + Et) + log_of<W>(bound))), 1);
+    }
     a -= eta.at(tau) * ha;
     Ea += renormalize(a, static_cast<S*>(nullptr));
     diag.adjoint.add_log2(log2_mag(Ea, maxabs(a)));
@@ -189,6 +208,13 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   }
   diag.forward_steps = t;
   const auto [log_dM, sign_dM] = total.result();
+  if (sign_dM != 0) {
+    const auto [log_err, sign_err] = err_total.result();
+    const auto [log_abs_sum, sign_abs] = abs_total.result();
+    double rel = sign_err == 0 ? 0.0 : sm::to_double(sm::exp(W(W(0.5) * log_err - log_dM)));
+    if (sign_abs != 0) rel += sm::to_double((rho_a + sm::epsilon<S>()) * S(sm::exp(W(log_abs_sum - log_dM))));
+    diag.check_grad_error<S>(rel, t);
+  }
   Outcome out = scaled_outcome(logM, M_pos, log_dM, sign_dM, opt, diag);
   if (eta.schedule) {
     const W shift = opt.objective == Objective::log_loss ? W(sm::log(W(static_cast<long double>(t))) + logM) : W(0);
