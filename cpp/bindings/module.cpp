@@ -39,6 +39,15 @@ PYBIND11_MODULE(_core, m) {
   m.attr("cuda_compiled") = false;
   m.def("cuda_device_count", []() { return py::make_tuple(0, "the CUDA path is not compiled in this build"); });
   m.attr("longdouble_mantissa_bits") = std::numeric_limits<long double>::digits;
+  m.def(
+      "sgd_batches",
+      [](metastep::Index n, metastep::Index batch_size, metastep::Steps steps, std::uint64_t seed) {
+        const auto b = metastep::make_batches(n, batch_size, steps, seed);
+        py::array_t<std::int32_t> out({static_cast<py::ssize_t>(steps), static_cast<py::ssize_t>(batch_size)});
+        std::copy(b.begin(), b.end(), out.mutable_data());
+        return out;
+      },
+      py::arg("n"), py::arg("batch_size"), py::arg("steps"), py::arg("seed"));
   metastep::bind::register_precision<float>(m, "float32");
   metastep::bind::register_precision<double>(m, "float64");
   metastep::bind::register_precision<long double>(m, "longdouble");

@@ -5,75 +5,104 @@
 namespace metastep::bind {
 
 template <class Problem, class S = typename Problem::S>
+py::dict do_unroll(const Problem& p, double eta, const std::optional<F64Array>& schedule, Steps steps) {
+  if (steps < 1) throw std::invalid_argument("steps must be at least 1");
+  std::vector<S> sched;
+  StepSizes<S> st;
+  st.eta = S(eta);
+  if (schedule) {
+    sched = to_std<S>(*schedule, "schedule");
+    if (static_cast<Steps>(sched.size()) != steps) throw std::invalid_argument("schedule must have length steps");
+    st.schedule = sched.data();
+  }
+  Trajectory<S> tr;
+  {
+    py::gil_scoped_release release;
+    tr = unroll(p, st, steps);
+  }
+  py::dict d;
+  d["losses"] = doubles(tr.losses);
+  d["log_losses"] = log_abs_doubles(tr.losses);
+  d["losses_ext"] = ext(tr.losses);
+  if (!tr.valid_losses.empty()) {
+    d["valid_losses"] = doubles(tr.valid_losses);
+    d["log_valid_losses"] = log_abs_doubles(tr.valid_losses);
+  }
+  std::vector<S> wf(tr.w_final.data(), tr.w_final.data() + tr.w_final.size());
+  d["w_final"] = doubles(wf);
+  d["w_final_ext"] = ext(wf);
+  d["status"] = tr.diag.status();
+  d["diagnostics"] = diag_dict(tr.diag);
+  return d;
+}
+
+template <class Problem, class S = typename Problem::S>
+py::dict do_metagrad(const Problem& p, const std::string& mode_s, const F64Array& etas,
+                     const std::optional<F64Array>& schedule, Steps steps, const std::string& objective, bool valid,
+                     Index checkpoints) {
+  const Mode mode = parse_mode(mode_s);
+  MetaOptions opt;
+  opt.objective = parse_objective(objective);
+  opt.valid = valid;
+  opt.steps = steps;
+  opt.checkpoints = checkpoints;
+  std::vector<Outcome> outs;
+  if (schedule) {
+    std::vector<S> sched = to_std<S>(*schedule, "schedule");
+    if (static_cast<Steps>(sched.size()) != steps) throw std::invalid_argument("schedule must have length steps");
+    StepSizes<S> st;
+    st.schedule = sched.data();
+    py::gil_scoped_release release;
+    outs.push_back(run_mode(p, mode, st, opt));
+  } else {
+    std::vector<S> es = to_std<S>(etas, "eta");
+    py::gil_scoped_release release;
+    outs = run_batch(p, mode, es, opt);
+  }
+  return outcomes_dict(outs);
+}
+
+using I32Array = py::array_t<std::int32_t, py::array::c_style>;
+
+template <class S>
+MinibatchLeastSquares<S> minibatch(const LeastSquares<S>& p, const I32Array& batches, Steps steps) {
+  if (batches.ndim() != 2) throw std::invalid_argument("batches must be a 2-D array (steps, batch_size)");
+  if (batches.shape(0) != steps) throw std::invalid_argument("batches must have one row per step");
+  std::vector<std::int32_t> b(batches.data(), batches.data() + batches.size());
+  return MinibatchLeastSquares<S>(p, std::move(b), static_cast<Index>(batches.shape(1)));
+}
+
+template <class Problem, class S = typename Problem::S>
 void bind_runs(py::module_& m, const std::string& sfx) {
-  m.def(("unroll_" + sfx).c_str(),
-        [](const Problem& p, double eta, std::optional<F64Array> schedule, Steps steps) {
-          if (steps < 1) throw std::invalid_argument("steps must be at least 1");
-          std::vector<S> sched;
-          StepSizes<S> st;
-          st.eta = S(eta);
-          if (schedule) {
-            sched = to_std<S>(*schedule, "schedule");
-            if (static_cast<Steps>(sched.size()) != steps)
-              throw std::invalid_argument("schedule must have length steps");
-            st.schedule = sched.data();
-          }
-          Trajectory<S> tr;
-          {
-            py::gil_scoped_release release;
-            tr = unroll(p, st, steps);
-          }
-          py::dict d;
-          d["losses"] = doubles(tr.losses);
-          d["log_losses"] = log_abs_doubles(tr.losses);
-          d["losses_ext"] = ext(tr.losses);
-          if (!tr.valid_losses.empty()) {
-            d["valid_losses"] = doubles(tr.valid_losses);
-            d["log_valid_losses"] = log_abs_doubles(tr.valid_losses);
-          }
-          std::vector<S> wf(tr.w_final.data(), tr.w_final.data() + tr.w_final.size());
-          d["w_final"] = doubles(wf);
-          d["w_final_ext"] = ext(wf);
-          d["status"] = tr.diag.status();
-          d["diagnostics"] = diag_dict(tr.diag);
-          return d;
-        },
-        py::arg("problem"), py::arg("eta"), py::arg("schedule").noconvert(), py::arg("steps"));
-
-  m.def(("metagrad_" + sfx).c_str(),
-        [](const Problem& p, const std::string& mode_s, F64Array etas, std::optional<F64Array> schedule, Steps steps,
-           const std::string& objective, bool valid, Index checkpoints) {
-          const Mode mode = parse_mode(mode_s);
-          MetaOptions opt;
-          opt.objective = parse_objective(objective);
-          opt.valid = valid;
-          opt.steps = steps;
-          opt.checkpoints = checkpoints;
-          std::vector<Outcome> outs;
-          if (schedule) {
-            std::vector<S> sched = to_std<S>(*schedule, "schedule");
-            if (static_cast<Steps>(sched.size()) != steps)
-              throw std::invalid_argument("schedule must have length steps");
-            StepSizes<S> st;
-            st.schedule = sched.data();
-            py::gil_scoped_release release;
-            outs.push_back(run_mode(p, mode, st, opt));
-          } else {
-            std::vector<S> es = to_std<S>(etas, "eta");
-            py::gil_scoped_release release;
-            outs = run_batch(p, mode, es, opt);
-          }
-          return outcomes_dict(outs);
-        },
-        py::arg("problem"), py::arg("mode"), py::arg("etas").noconvert(), py::arg("schedule").noconvert(),
-        py::arg("steps"), py::arg("objective"), py::arg("valid"), py::arg("checkpoints"));
-
+  m.def(("unroll_" + sfx).c_str(), &do_unroll<Problem>, py::arg("problem"), py::arg("eta"),
+        py::arg("schedule").noconvert(), py::arg("steps"));
+  m.def(("metagrad_" + sfx).c_str(), &do_metagrad<Problem>, py::arg("problem"), py::arg("mode"),
+        py::arg("etas").noconvert(), py::arg("schedule").noconvert(), py::arg("steps"), py::arg("objective"),
+        py::arg("valid"), py::arg("checkpoints"));
   m.def(("spectrum_" + sfx).c_str(),
         [](const Problem& p) {
           py::gil_scoped_release release;
           return make_spectrum(p);
         },
         py::arg("problem"));
+}
+
+template <class S>
+void bind_sgd(py::module_& m, const std::string& sfx) {
+  m.def(("unroll_sgd_" + sfx).c_str(),
+        [](const LeastSquares<S>& p, const I32Array& batches, double eta, const std::optional<F64Array>& schedule,
+           Steps steps) { return do_unroll(minibatch(p, batches, steps), eta, schedule, steps); },
+        py::arg("problem"), py::arg("batches").noconvert(), py::arg("eta"), py::arg("schedule").noconvert(),
+        py::arg("steps"));
+  m.def(("metagrad_sgd_" + sfx).c_str(),
+        [](const LeastSquares<S>& p, const I32Array& batches, const std::string& mode, const F64Array& etas,
+           const std::optional<F64Array>& schedule, Steps steps, const std::string& objective, bool valid,
+           Index checkpoints) {
+          return do_metagrad(minibatch(p, batches, steps), mode, etas, schedule, steps, objective, valid, checkpoints);
+        },
+        py::arg("problem"), py::arg("batches").noconvert(), py::arg("mode"), py::arg("etas").noconvert(),
+        py::arg("schedule").noconvert(), py::arg("steps"), py::arg("objective"), py::arg("valid"),
+        py::arg("checkpoints"));
 }
 
 template <class S>
@@ -113,6 +142,7 @@ void register_precision_impl(py::module_& m, const std::string& sfx) {
 
   bind_runs<Quadratic<S>>(m, sfx);
   bind_runs<LeastSquares<S>>(m, sfx);
+  bind_sgd<S>(m, sfx);
 
   m.def(("exact_" + sfx).c_str(),
         [](const Spectrum<S>& sp, F64Array etas, Steps steps, const std::string& objective, bool valid) {

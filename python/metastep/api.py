@@ -10,7 +10,7 @@ from ._validate import check_range, choice, dtype_name, optional_int, positive_i
 from .problems import LeastSquares, Quadratic
 from .results import MetaGradResult, UnrollResult
 
-__all__ = ["unroll", "metagrad", "MODES", "OBJECTIVES", "DEFAULT_MEMORY_LIMIT", "itemsize"]
+__all__ = ["unroll", "metagrad", "sgd_batches", "MODES", "OBJECTIVES", "DEFAULT_MEMORY_LIMIT", "itemsize"]
 
 MODES = ("auto", "reverse", "checkpoint", "forward", "exact", "scaled", "scaled_forward", "scaled_reverse", "fd")
 OBJECTIVES = ("final", "log")
@@ -51,6 +51,25 @@ def _schedule_and_steps(eta: Any, steps: Any, schedule: Any) -> tuple[Optional[n
     return sched, int(sched.size)
 
 
+def sgd_batches(n: int, batch_size: int, steps: int, seed: int = 0) -> np.ndarray:
+    """The minibatch row indices of SGD, shape (steps, batch_size): step τ uses rows
+    ``batches[τ]`` (distinct within a step), drawn from ``seed`` by a fixed integer generator,
+    so every mode, precision and machine sees the same sequence."""
+    n = positive_int(n, "n")
+    b = positive_int(batch_size, "batch_size")
+    if b > n:
+        raise ValueError(f"batch_size = {b} exceeds the number of training samples n = {n}")
+    return _core.sgd_batches(n, b, positive_int(steps, "steps"), positive_int(seed, "seed", minimum=0))
+
+
+def _sgd(problem: Problem, batch_size: Any, seed: Any, t: int) -> Optional[np.ndarray]:
+    if batch_size is None:
+        return None
+    if not isinstance(problem, LeastSquares):
+        raise ValueError("batch_size= (minibatch SGD) applies to a LeastSquares task")
+    return sgd_batches(problem.n, batch_size, t, seed)
+
+
 def _memory_guard(what: str, states: int, d: int, dtype: str, limit: Optional[int], advice: str) -> None:
     limit = DEFAULT_MEMORY_LIMIT if limit is None else positive_int(limit, "memory_limit")
     need = states * d * itemsize(dtype)
@@ -60,7 +79,8 @@ def _memory_guard(what: str, states: int, d: int, dtype: str, limit: Optional[in
 
 
 def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: Any = None,
-           dtype: Any = "float64", memory_limit: Optional[int] = None) -> UnrollResult:
+           dtype: Any = "float64", batch_size: Any = None, sgd_seed: Any = 0,
+           memory_limit: Optional[int] = None) -> UnrollResult:
     """Run t steps of gradient descent and return the loss at every step.
 
     Parameters
@@ -74,6 +94,9 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
         One step size per step.
     dtype : {"float32", "float64", "longdouble", "quad", "mp"}
         Precision of the whole run (inputs are converted exactly from float64).
+    batch_size : int, optional
+        Least squares: minibatch SGD with this many distinct rows per step (see
+        :func:`sgd_batches`, seeded by ``sgd_seed``); ``losses`` are full training losses.
 
     Returns
     -------
@@ -94,7 +117,11 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
     else:
         check_range(sched, "schedule", dtype)
     _memory_guard("unroll's loss history", t + 1, 4, dtype, memory_limit, "use fewer steps")
-    out = getattr(_core, f"unroll_{dtype}")(problem._core(dtype), e, sched, t)
+    batches = _sgd(problem, batch_size, sgd_seed, t)
+    if batches is None:
+        out = getattr(_core, f"unroll_{dtype}")(problem._core(dtype), e, sched, t)
+    else:
+        out = getattr(_core, f"unroll_sgd_{dtype}")(problem._core(dtype), batches, e, sched, t)
     return UnrollResult(
         losses=out["losses"], log_losses=out["log_losses"], losses_ext=out["losses_ext"],
         valid_losses=out.get("valid_losses"), log_valid_losses=out.get("log_valid_losses"),
@@ -112,7 +139,8 @@ def _resolve_auto(problem: Problem, sched: Optional[np.ndarray], t: int, dtype: 
 
 def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective: str = "final",
              on: str = "train", mode: str = "auto", dtype: Any = "float64", schedule: Any = None,
-             checkpoints: Any = None, memory_limit: Optional[int] = None) -> MetaGradResult:
+             checkpoints: Any = None, batch_size: Any = None, sgd_seed: Any = 0,
+             memory_limit: Optional[int] = None) -> MetaGradResult:
     """Meta-objective of t-step GD and its derivative with respect to the step size.
 
     Parameters
@@ -143,6 +171,11 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         dF/dη_τ for every τ; forward and fd return the derivative along all-ones.
     checkpoints : int, optional
         Checkpoint mode: snapshots held at once (default ⌈√t⌉). Memory O(k·d).
+    batch_size : int, optional
+        Least squares: the inner optimizer is minibatch SGD (``batch_size`` distinct rows per
+        step, the sequence :func:`sgd_batches` drawn from ``sgd_seed``, identical in every mode
+        and precision); the meta-loss is still on the full training or validation set. The
+        exact mode does not apply; ``"auto"`` takes the scaled mode.
     memory_limit : int, optional
         Bytes a stored trajectory may take (default :data:`DEFAULT_MEMORY_LIMIT`).
 
@@ -163,8 +196,14 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
     k = optional_int(checkpoints, "checkpoints")
     if k is not None and mode not in ("checkpoint", "auto"):
         raise ValueError(f"checkpoints= applies to mode='checkpoint', not mode={mode!r}")
+    batches = _sgd(problem, batch_size, sgd_seed, t)
     if mode == "auto":
-        mode = "checkpoint" if k is not None else _resolve_auto(problem, sched, t, dtype)
+        if k is not None:
+            mode = "checkpoint"
+        elif batches is not None:
+            mode = "scaled"
+        else:
+            mode = _resolve_auto(problem, sched, t, dtype)
     if mode == "scaled":
         mode = "scaled_reverse" if sched is not None else "scaled_forward"
     if sched is not None:
@@ -173,6 +212,8 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
     else:
         etas, scalar = step_sizes(eta)
         check_range(etas, "eta", dtype)
+    if mode == "exact" and batches is not None:
+        raise ValueError("mode='exact' does not apply to minibatch SGD; use 'scaled', 'forward' or 'reverse'")
     if mode == "exact":
         if sched is not None:
             raise ValueError("mode='exact' needs a constant step size; use mode='reverse' or 'checkpoint' for schedules")
@@ -184,10 +225,30 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         if mode == "checkpoint" and k is not None:
             _memory_guard("checkpoint mode", min(k, t + 1), problem.d, dtype, memory_limit,
                           "use fewer checkpoints")
-        out = getattr(_core, f"metagrad_{dtype}")(problem._core(dtype), mode, etas, sched, t, objective,
-                                                  on == "valid", k or 0)
+        if batches is None:
+            out = getattr(_core, f"metagrad_{dtype}")(problem._core(dtype), mode, etas, sched, t, objective,
+                                                      on == "valid", k or 0)
+        else:
+            out = getattr(_core, f"metagrad_sgd_{dtype}")(problem._core(dtype), batches, mode, etas, sched, t,
+                                                          objective, on == "valid", k or 0)
+    _note_stability(out, problem, sched if sched is not None else etas, sched is not None)
     return _result(out, scalar, sched is not None, mode, dtype, objective, on, t,
                    None if sched is not None else (float(etas[0]) if scalar else etas))
+
+
+def _note_stability(out: dict, problem: Problem, etas: np.ndarray, is_schedule: bool) -> None:
+    """Add to each diagnostics dict whether the step size lies in GD's stable range 0 < η < 2/L
+    (L exact for quadratics, from power iterations for least squares)."""
+    L = problem.L_estimate()
+    limit = 2.0 / L if L > 0 else float("inf")
+    for i, dg in enumerate(out["diagnostics"]):
+        dg["L"] = L
+        dg["eta_stable_limit"] = limit
+        if is_schedule:
+            dg["steps_outside_stable_range"] = int(np.sum(etas >= limit))
+            dg["eta_in_stable_range"] = bool(np.all(etas < limit))
+        else:
+            dg["eta_in_stable_range"] = bool(etas[i] < limit)
 
 
 def _result(out: dict, scalar: bool, has_schedule: bool, mode: str, dtype: str, objective: str, on: str,

@@ -125,6 +125,10 @@ class Quadratic(_Problem):
         """Smallest eigenvalue of H."""
         return float(self.eigenvalues[0])
 
+    def L_estimate(self, iterations: int = 30) -> float:
+        """Largest eigenvalue (known exactly for a quadratic)."""
+        return self.L
+
     def loss(self, w: Any) -> float:
         """f(w) in float64."""
         e = real_array(w, "w", 1) - self.w_star
@@ -176,6 +180,7 @@ class LeastSquares(_Problem):
         self.X, self.y, self.w0 = _frozen(X), _frozen(y), _frozen(w0)
         self.X_valid, self.y_valid = X_valid, y_valid
         self._L: Optional[float] = None
+        self._L_est: Optional[float] = None
         # Filled in by random_least_squares (ground truth of a generated task).
         self.w_star: Optional[np.ndarray] = None
         self.sigma: Optional[float] = None
@@ -204,6 +209,23 @@ class LeastSquares(_Problem):
         if self._L is None:
             self._L = float(np.linalg.norm(self.X, 2) ** 2 / self.n)
         return self._L
+
+    def L_estimate(self, iterations: int = 30) -> float:
+        """L from a few power iterations on XᵀX/n (O(iterations·n·d), no decomposition); a
+        lower bound that is usually within a few percent. Cached; exact once :attr:`L` is known."""
+        if self._L is not None:
+            return self._L
+        if self._L_est is None:
+            v = np.random.default_rng(0).standard_normal(self.d)
+            lam = 0.0
+            for _ in range(iterations):
+                u = self.X.T @ (self.X @ v) / self.n
+                lam = float(np.linalg.norm(u))
+                if lam == 0.0:
+                    break
+                v = u / lam
+            self._L_est = lam
+        return self._L_est
 
     def loss(self, w: Any, on: str = "train") -> float:
         """Training (or validation) loss at w in float64."""

@@ -9,6 +9,7 @@
 #include "metagrad/forward.hpp"
 #include "metagrad/reverse.hpp"
 #include "metagrad/scaled.hpp"
+#include "sgd.hpp"
 #include "trajectory.hpp"
 
 namespace metastep {

@@ -26,6 +26,7 @@ struct Workspace {
   Scalar residual_maxabs = 0;   // max |w - w*| or max |Xw - y| of the last evaluation
   bool cancellation = false;    // residual at the level of rounding noise (precision lost)
   Scalar grad_err = 0;          // estimated absolute rounding error of each gradient entry
+  Steps tau = 0;                // inner step being evaluated (selects the minibatch of SGD)
 };
 
 template <class Scalar>

@@ -19,7 +19,8 @@ struct Trajectory {
 // unroll, the forward sweep of reverse mode and the recomputation in checkpoint mode, so
 // those produce bit-identical iterates.
 template <class Problem, class S = typename Problem::S>
-inline S gd_step(const Problem& p, Vec<S>& w, S eta, Vec<S>& g, Workspace<S>& ws) {
+inline S gd_step(const Problem& p, Vec<S>& w, S eta, Vec<S>& g, Workspace<S>& ws, Steps tau) {
+  ws.tau = tau;
   const S f = p.value_grad(w, g, ws);
   w -= eta * g;
   return f;
@@ -43,14 +44,11 @@ Trajectory<S> unroll(const Problem& p, const StepSizes<S>& eta, Steps t) {
       note_loss(tr.diag, Quantity::meta_loss, fv, ws, tau);
       tr.valid_losses.push_back(fv);
     }
-    S f;
-    if (tau < t) {
-      f = gd_step(p, w, eta.at(tau), g, ws);
-    } else {
-      f = p.value_grad(w, g, ws);
-    }
+    // the full training loss (for SGD: over all samples, not the minibatch)
+    const S f = p.meta(false, w, nullptr, ws);
     note_loss(tr.diag, Quantity::loss, f, ws, tau);
     tr.losses.push_back(f);
+    if (tau < t) gd_step(p, w, eta.at(tau), g, ws, tau);
   }
   tr.w_final = w;
   tr.diag.forward_steps = t;
@@ -63,7 +61,7 @@ S final_meta_loss(const Problem& p, const StepSizes<S>& eta, Steps t, bool valid
   Workspace<S> ws;
   Vec<S> w = p.w0(), g(p.dim());
   for (Steps tau = 0; tau < t; ++tau) {
-    const S f = gd_step(p, w, eta.at(tau), g, ws);
+    const S f = gd_step(p, w, eta.at(tau), g, ws, tau);
     note_loss(diag, Quantity::loss, f, ws, tau);
   }
   const S M = p.meta(valid, w, nullptr, ws);

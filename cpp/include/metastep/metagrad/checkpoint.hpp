@@ -101,7 +101,7 @@ class Checkpointer {
  private:
   void note_live(std::int64_t live) { peak_ = std::max(peak_, live); }
   void advance(Vec<S>& w, Steps from, Steps to) {
-    for (Steps tau = from; tau < to; ++tau) gd_step(p_, w, eta_.at(tau), g_, ws_);
+    for (Steps tau = from; tau < to; ++tau) gd_step(p_, w, eta_.at(tau), g_, ws_, tau);
     diag_.recomputed_steps += to - from;
   }
   const Problem& p_;

@@ -18,6 +18,7 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
   bool w_nonzero = false, v_nonzero = false;  // zero starts are legitimate
   S verr2 = 0;                                // squared error estimate of the tangent
   for (Steps tau = 0; tau < t; ++tau) {
+    ws.tau = tau;
     const S f = p.value_grad_hvp(w, v, g, hv, ws);
     note_loss(diag, Quantity::loss, f, ws, tau);
     const S wmax = maxabs(w), vmax = maxabs(v);

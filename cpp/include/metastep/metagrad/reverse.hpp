@@ -38,7 +38,7 @@ struct Backprop {
       const S wmax = maxabs(w);
       diag.check_vector(Quantity::iterate, wmax, w_nonzero, tau);
       w_nonzero = wmax != S(0);
-      const S f = gd_step(p, w, eta.at(tau), g, ws);
+      const S f = gd_step(p, w, eta.at(tau), g, ws, tau);
       note_loss(diag, Quantity::loss, f, ws, tau);
     }
     keep(t, w);
@@ -56,6 +56,7 @@ struct Backprop {
 
   // Reverse one step tau given w_tau; a holds a_{tau+1} on entry and a_tau on exit.
   void step_back(const Vec<S>& w_tau, Steps tau) {
+    ws.tau = tau;
     p.value_grad_hvp(w_tau, a, g, ha, ws);
     dM_steps[tau] = -a.dot(g);
     const S a2 = a.norm();

@@ -100,6 +100,7 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   std::int64_t Ew = renormalize(w, offp), Ev = Ew;
   S verr2 = 0;  // squared error estimate of the tangent mantissa
   for (Steps tau = 0; tau < t; ++tau) {
+    ws.tau = tau;
     const S f = p.value_grad_hvp(w, v, g, hv, ws, off);
     diag.loss.add_log2(log2_mag(2 * Ew, f));
     diag.iterate.add_log2(log2_mag(Ew, maxabs(w)));
@@ -157,6 +158,7 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
     traj.row(tau) = w.transpose();
     E[static_cast<size_t>(tau)] = Ew;
     offs[static_cast<size_t>(tau)] = off;
+    ws.tau = tau;
     const S f = p.value_grad(w, g, ws, off);
     diag.loss.add_log2(log2_mag(2 * Ew, f));
     diag.iterate.add_log2(log2_mag(Ew, maxabs(w)));
@@ -188,6 +190,7 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   for (Steps tau = t - 1; tau >= 0; --tau) {
     wt = traj.row(tau).transpose();
     const std::int64_t Et = E[static_cast<size_t>(tau)];
+    ws.tau = tau;
     p.value_grad_hvp(wt, a, g, ha, ws, offs[static_cast<size_t>(tau)]);
     const S q = -a.dot(g);
     if (!sm::isfinite(q)) diag.fail(Quantity::meta_grad, "non-finite", tau);

@@ -1,0 +1,121 @@
+// Minibatch SGD on a least-squares task (SPEC §2): step tau uses the rows batches(tau, :)
+// of the training set. The batch sequence is drawn once from a seed by a fixed integer
+// generator (splitmix64, partial Fisher-Yates), independent of the precision, so every mode
+// and every precision sees the same minibatches on every machine.
+#pragma once
+#include <cstdint>
+#include <stdexcept>
+#include <vector>
+
+#include "problems.hpp"
+
+namespace metastep {
+
+class SplitMix64 {
+ public:
+  explicit SplitMix64(std::uint64_t seed) : x_(seed) {}
+  std::uint64_t next() {
+    std::uint64_t z = (x_ += 0x9e3779b97f4a7c15ULL);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+  }
+  // Uniform integer in [0, m) without modulo bias (rejection).
+  std::uint64_t below(std::uint64_t m) {
+    const std::uint64_t limit = UINT64_MAX - UINT64_MAX % m;
+    std::uint64_t r;
+    do r = next(); while (r >= limit);
+    return r % m;
+  }
+
+ private:
+  std::uint64_t x_;
+};
+
+// t minibatches of B distinct row indices out of n (row-major t x B).
+inline std::vector<std::int32_t> make_batches(Index n, Index B, Steps t, std::uint64_t seed) {
+  if (B < 1 || B > n) throw std::invalid_argument("batch_size must be between 1 and the number of samples");
+  if (t < 1) throw std::invalid_argument("steps must be at least 1");
+  SplitMix64 rng(seed);
+  std::vector<std::int32_t> perm(static_cast<size_t>(n)), out(static_cast<size_t>(t * B));
+  for (Index i = 0; i < n; ++i) perm[static_cast<size_t>(i)] = static_cast<std::int32_t>(i);
+  for (Steps s = 0; s < t; ++s) {
+    for (Index j = 0; j < B; ++j) {
+      const Index k = j + static_cast<Index>(rng.below(static_cast<std::uint64_t>(n - j)));
+      std::swap(perm[static_cast<size_t>(j)], perm[static_cast<size_t>(k)]);
+      out[static_cast<size_t>(s * B + j)] = perm[static_cast<size_t>(j)];
+    }
+  }
+  return out;
+}
+
+template <class Scalar>
+class MinibatchLeastSquares {
+ public:
+  using S = Scalar;
+  MinibatchLeastSquares(const LeastSquares<S>& full, std::vector<std::int32_t> batches, Index B)
+      : full_(full), batches_(std::move(batches)), B_(B) {
+    if (B_ < 1 || batches_.size() % static_cast<size_t>(B_) != 0)
+      throw std::invalid_argument("batches must have shape (steps, batch_size)");
+    for (auto i : batches_)
+      if (i < 0 || i >= full_.n()) throw std::invalid_argument("batch index out of range");
+    t_ = static_cast<Steps>(batches_.size() / static_cast<size_t>(B_));
+  }
+  Index dim() const { return full_.dim(); }
+  const Vec<S>& w0() const { return full_.w0(); }
+  bool has_valid() const { return full_.has_valid(); }
+  bool has_offset() const { return full_.has_offset(); }
+  Steps steps() const { return t_; }
+  Index batch_size() const { return B_; }
+  const LeastSquares<S>& full() const { return full_; }
+
+  S value_grad(const Vec<S>& w, Vec<S>& g, Workspace<S>& ws, S off = S(1)) const {
+    gather(ws);
+    return batch_value_grad(w, &g, ws, off);
+  }
+  S value_grad_hvp(const Vec<S>& w, const Vec<S>& v, Vec<S>& g, Vec<S>& hv, Workspace<S>& ws,
+                   S off = S(1)) const {
+    gather(ws);
+    const S f = batch_value_grad(w, &g, ws, off);
+    const Vec<S> xv = xb_ * v;  // minibatch Hessian action X_B^T X_B v / B
+    hv.noalias() = (xb_.transpose() * xv) / S(B_);
+    return f;
+  }
+  S meta(bool valid, const Vec<S>& w, Vec<S>* gM, Workspace<S>& ws, S off = S(1)) const {
+    return full_.meta(valid, w, gM, ws, off);
+  }
+
+ private:
+  void gather(const Workspace<S>& ws) const {
+    if (ws.tau < 0 || ws.tau >= t_) throw std::invalid_argument("SGD step beyond the batch sequence");
+    xb_.resize(B_, dim());
+    yb_.resize(B_);
+    const std::int32_t* idx = &batches_[static_cast<size_t>(ws.tau * B_)];
+    for (Index j = 0; j < B_; ++j) {
+      xb_.row(j) = full_.X().row(idx[j]);
+      yb_[j] = full_.y()[idx[j]];
+    }
+  }
+  S batch_value_grad(const Vec<S>& w, Vec<S>* g, Workspace<S>& ws, S off) const {
+    ws.r.noalias() = xb_ * w;
+    const S scale = maxabs(ws.r) + off * maxabs(yb_);
+    ws.r -= off * yb_;
+    if (g) g->noalias() = (xb_.transpose() * ws.r) / S(B_);
+    ws.residual_maxabs = maxabs(ws.r);
+    ws.cancellation = scale > S(0) && ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * scale;
+    S cn = 0;
+    for (Index j = 0; j < xb_.cols(); ++j) cn = std::max(cn, S(xb_.col(j).norm()));
+    ws.grad_err = sm::epsilon<S>() * cn * (ws.r.norm() + sm::sqrt(S(B_)) * scale) / S(B_);
+    return ws.r.squaredNorm() / (S(2) * S(B_));
+  }
+  const LeastSquares<S>& full_;
+  std::vector<std::int32_t> batches_;
+  Index B_;
+  Steps t_ = 0;
+  // The gathered minibatch: scratch, so one wrapper object serves one run at a time (the
+  // bindings build a wrapper per call; the full task itself is shared read-only).
+  mutable Mat<S> xb_;
+  mutable Vec<S> yb_;
+};
+
+}  // namespace metastep
