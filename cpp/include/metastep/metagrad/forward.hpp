@@ -27,10 +27,14 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
     w_nonzero = wmax != S(0);
     v_nonzero = vmax != S(0);
     const S e = eta.at(tau);
+    const S vold2 = v.squaredNorm();
     w -= e * g;
     v -= g + e * hv;
-    // the tangent absorbs the rounding error of every gradient (random walk, contraction ignored)
-    verr2 += ws.grad_err * ws.grad_err * S(d) + sm::epsilon<S>() * sm::epsilon<S>() * v.squaredNorm();
+    // the tangent absorbs the rounding error of every gradient; earlier errors are carried
+    // with the tangent's own growth or decay, new ones add like a random walk
+    const S vnew2 = v.squaredNorm();
+    verr2 = (vold2 > S(0) ? verr2 * (vnew2 / vold2) : S(0)) + ws.grad_err * ws.grad_err * S(d) +
+            sm::epsilon<S>() * sm::epsilon<S>() * vnew2;
   }
   diag.check_vector(Quantity::iterate, maxabs(w), w_nonzero, t);
   diag.check_vector(Quantity::tangent, maxabs(v), v_nonzero, t);

@@ -110,9 +110,12 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
     const S e = eta.at(tau);
     if (maxabs(v) == S(0)) Ev = Ew;  // v = 0: give it w's scale
     const S rel = pow2<S>(Ew - Ev);
+    const S vold2 = v.squaredNorm();
     w -= e * g;
     v -= rel * g + e * hv;
-    verr2 += ws.grad_err * ws.grad_err * rel * rel * S(d) + sm::epsilon<S>() * sm::epsilon<S>() * v.squaredNorm();
+    const S vnew2 = v.squaredNorm();
+    verr2 = (vold2 > S(0) ? verr2 * (vnew2 / vold2) : S(0)) + ws.grad_err * ws.grad_err * rel * rel * S(d) +
+            sm::epsilon<S>() * sm::epsilon<S>() * vnew2;
     Ew += renormalize(w, offp);
     const std::int64_t kv = renormalize(v, static_cast<S*>(nullptr));
     Ev += kv;
