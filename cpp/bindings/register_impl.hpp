@@ -39,7 +39,7 @@ py::dict do_unroll(const Problem& p, double eta, const std::optional<F64Array>& 
 template <class Problem, class S = typename Problem::S>
 py::dict do_metagrad(const Problem& p, const std::string& mode_s, const F64Array& etas,
                      const std::optional<F64Array>& schedule, Steps steps, const std::string& objective, bool valid,
-                     Index checkpoints) {
+                     Index checkpoints, int threads) {
   const Mode mode = parse_mode(mode_s);
   MetaOptions opt;
   opt.objective = parse_objective(objective);
@@ -57,7 +57,7 @@ py::dict do_metagrad(const Problem& p, const std::string& mode_s, const F64Array
   } else {
     std::vector<S> es = to_std<S>(etas, "eta");
     py::gil_scoped_release release;
-    outs = run_batch(p, mode, es, opt);
+    outs = run_batch(p, mode, es, opt, threads);
   }
   return outcomes_dict(outs);
 }
@@ -78,7 +78,7 @@ void bind_runs(py::module_& m, const std::string& sfx) {
         py::arg("schedule").noconvert(), py::arg("steps"));
   m.def(("metagrad_" + sfx).c_str(), &do_metagrad<Problem>, py::arg("problem"), py::arg("mode"),
         py::arg("etas").noconvert(), py::arg("schedule").noconvert(), py::arg("steps"), py::arg("objective"),
-        py::arg("valid"), py::arg("checkpoints"));
+        py::arg("valid"), py::arg("checkpoints"), py::arg("threads") = 1);
   m.def(("spectrum_" + sfx).c_str(),
         [](const Problem& p) {
           py::gil_scoped_release release;
@@ -97,12 +97,13 @@ void bind_sgd(py::module_& m, const std::string& sfx) {
   m.def(("metagrad_sgd_" + sfx).c_str(),
         [](const LeastSquares<S>& p, const I32Array& batches, const std::string& mode, const F64Array& etas,
            const std::optional<F64Array>& schedule, Steps steps, const std::string& objective, bool valid,
-           Index checkpoints) {
-          return do_metagrad(minibatch(p, batches, steps), mode, etas, schedule, steps, objective, valid, checkpoints);
+           Index checkpoints, int threads) {
+          return do_metagrad(minibatch(p, batches, steps), mode, etas, schedule, steps, objective, valid, checkpoints,
+                             threads);
         },
         py::arg("problem"), py::arg("batches").noconvert(), py::arg("mode"), py::arg("etas").noconvert(),
         py::arg("schedule").noconvert(), py::arg("steps"), py::arg("objective"), py::arg("valid"),
-        py::arg("checkpoints"));
+        py::arg("checkpoints"), py::arg("threads") = 1);
 }
 
 template <class S>
@@ -145,7 +146,7 @@ void register_precision_impl(py::module_& m, const std::string& sfx) {
   bind_sgd<S>(m, sfx);
 
   m.def(("exact_" + sfx).c_str(),
-        [](const Spectrum<S>& sp, F64Array etas, Steps steps, const std::string& objective, bool valid) {
+        [](const Spectrum<S>& sp, F64Array etas, Steps steps, const std::string& objective, bool valid, int threads) {
           MetaOptions opt;
           opt.objective = parse_objective(objective);
           opt.valid = valid;
@@ -154,11 +155,12 @@ void register_precision_impl(py::module_& m, const std::string& sfx) {
           std::vector<Outcome> outs;
           {
             py::gil_scoped_release release;
-            outs = exact_batch(sp, es, opt);
+            outs = exact_batch(sp, es, opt, threads);
           }
           return outcomes_dict(outs);
         },
-        py::arg("spectrum"), py::arg("etas").noconvert(), py::arg("steps"), py::arg("objective"), py::arg("valid"));
+        py::arg("spectrum"), py::arg("etas").noconvert(), py::arg("steps"), py::arg("objective"), py::arg("valid"),
+        py::arg("threads") = 1);
 }
 
 }  // namespace metastep::bind

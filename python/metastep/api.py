@@ -23,6 +23,15 @@ AUTO_EXACT_MAX_DIM = 2000
 Problem = Union[Quadratic, LeastSquares]
 
 
+def default_threads() -> int:
+    """Cores this process may run on (the default thread count of batched calls)."""
+    import os
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def itemsize(dtype: str) -> int:
     """Bytes per scalar of a precision."""
     return int(_core.itemsize[dtype_name(dtype)])
@@ -140,7 +149,7 @@ def _resolve_auto(problem: Problem, sched: Optional[np.ndarray], t: int, dtype: 
 def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective: str = "final",
              on: str = "train", mode: str = "auto", dtype: Any = "float64", schedule: Any = None,
              checkpoints: Any = None, batch_size: Any = None, sgd_seed: Any = 0,
-             memory_limit: Optional[int] = None) -> MetaGradResult:
+             threads: Any = None, memory_limit: Optional[int] = None) -> MetaGradResult:
     """Meta-objective of t-step GD and its derivative with respect to the step size.
 
     Parameters
@@ -176,6 +185,9 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         step, the sequence :func:`sgd_batches` drawn from ``sgd_seed``, identical in every mode
         and precision); the meta-loss is still on the full training or validation set. The
         exact mode does not apply; ``"auto"`` takes the scaled mode.
+    threads : int, optional
+        Threads for a batch of step sizes (default: every core this process may use). Each
+        step size is computed by the same code whatever the count: results are bit-identical.
     memory_limit : int, optional
         Bytes a stored trajectory may take (default :data:`DEFAULT_MEMORY_LIMIT`).
 
@@ -197,6 +209,7 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
     if k is not None and mode not in ("checkpoint", "auto"):
         raise ValueError(f"checkpoints= applies to mode='checkpoint', not mode={mode!r}")
     batches = _sgd(problem, batch_size, sgd_seed, t)
+    nthreads = default_threads() if threads is None else positive_int(threads, "threads")
     if mode == "auto":
         if k is not None:
             mode = "checkpoint"
@@ -217,7 +230,8 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
     if mode == "exact":
         if sched is not None:
             raise ValueError("mode='exact' needs a constant step size; use mode='reverse' or 'checkpoint' for schedules")
-        out = getattr(_core, f"exact_{dtype}")(problem._spectrum(dtype), etas, t, objective, on == "valid")
+        out = getattr(_core, f"exact_{dtype}")(problem._spectrum(dtype), etas, t, objective, on == "valid",
+                                               nthreads)
     else:
         if mode in ("reverse", "scaled_reverse"):
             _memory_guard(f"{mode} mode", t + 1, problem.d, dtype, memory_limit,
@@ -227,10 +241,10 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
                           "use fewer checkpoints")
         if batches is None:
             out = getattr(_core, f"metagrad_{dtype}")(problem._core(dtype), mode, etas, sched, t, objective,
-                                                      on == "valid", k or 0)
+                                                      on == "valid", k or 0, nthreads)
         else:
             out = getattr(_core, f"metagrad_sgd_{dtype}")(problem._core(dtype), batches, mode, etas, sched, t,
-                                                          objective, on == "valid", k or 0)
+                                                          objective, on == "valid", k or 0, nthreads)
     _note_stability(out, problem, sched if sched is not None else etas, sched is not None)
     return _result(out, scalar, sched is not None, mode, dtype, objective, on, t,
                    None if sched is not None else (float(etas[0]) if scalar else etas))

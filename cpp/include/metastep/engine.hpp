@@ -1,6 +1,9 @@
 // One entry point per problem type: run the requested mode for each step size of a batch.
 #pragma once
+#include <algorithm>
+#include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "metagrad/checkpoint.hpp"
@@ -40,27 +43,55 @@ Outcome run_mode(const Problem& p, Mode mode, const StepSizes<S>& eta, const Met
   throw std::invalid_argument("unknown mode");
 }
 
-// A batch of constant step sizes: the loop lives here, not in Python.
-template <class Problem, class S = typename Problem::S>
-std::vector<Outcome> run_batch(const Problem& p, Mode mode, const std::vector<S>& etas, const MetaOptions& opt) {
-  if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
-  std::vector<Outcome> out;
-  out.reserve(etas.size());
-  for (const S& e : etas) {
-    StepSizes<S> st;
-    st.eta = e;
-    out.push_back(run_mode(p, mode, st, opt));
+// Run fn(i) for i in [0, n) on up to `threads` threads, each taking a contiguous block. Every
+// i is computed by the same code whatever the thread count, so results are bit-identical to a
+// serial run. The first exception (lowest index) is rethrown.
+template <class Fn>
+void parallel_for(size_t n, int threads, Fn&& fn) {
+  const size_t nt = std::max<size_t>(1, std::min<size_t>(n, static_cast<size_t>(std::max(1, threads))));
+  if (nt <= 1) {
+    for (size_t i = 0; i < n; ++i) fn(i);
+    return;
   }
+  std::vector<std::exception_ptr> errors(nt);
+  std::vector<std::thread> pool;
+  pool.reserve(nt);
+  for (size_t k = 0; k < nt; ++k) {
+    pool.emplace_back([&, k] {
+      const size_t lo = n * k / nt, hi = n * (k + 1) / nt;
+      try {
+        for (size_t i = lo; i < hi; ++i) fn(i);
+      } catch (...) {
+        errors[k] = std::current_exception();
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+// A batch of constant step sizes: the loop lives here, not in Python, spread over threads.
+template <class Problem, class S = typename Problem::S>
+std::vector<Outcome> run_batch(const Problem& p, Mode mode, const std::vector<S>& etas, const MetaOptions& opt,
+                               int threads = 1) {
+  if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
+  std::vector<Outcome> out(etas.size());
+  parallel_for(etas.size(), threads, [&](size_t i) {
+    StepSizes<S> st;
+    st.eta = etas[i];
+    out[i] = run_mode(p, mode, st, opt);
+  });
   return out;
 }
 
 template <class S>
-std::vector<Outcome> exact_batch(const Spectrum<S>& sp, const std::vector<S>& etas, const MetaOptions& opt) {
+std::vector<Outcome> exact_batch(const Spectrum<S>& sp, const std::vector<S>& etas, const MetaOptions& opt,
+                                 int threads = 1) {
   if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
   if (opt.valid && !sp.has_valid) throw std::invalid_argument("on='valid' needs a task with a validation set");
-  std::vector<Outcome> out;
-  out.reserve(etas.size());
-  for (const S& e : etas) out.push_back(exact_outcome(sp, e, opt));
+  std::vector<Outcome> out(etas.size());
+  parallel_for(etas.size(), threads, [&](size_t i) { out[i] = exact_outcome(sp, etas[i], opt); });
   return out;
 }
 

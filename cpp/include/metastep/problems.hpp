@@ -27,6 +27,8 @@ struct Workspace {
   bool cancellation = false;    // residual at the level of rounding noise (precision lost)
   Scalar grad_err = 0;          // estimated absolute rounding error of each gradient entry
   Steps tau = 0;                // inner step being evaluated (selects the minibatch of SGD)
+  Mat<Scalar> xb;               // minibatch rows (SGD)
+  Vec<Scalar> yb;
 };
 
 template <class Scalar>

@@ -77,8 +77,8 @@ class MinibatchLeastSquares {
                    S off = S(1)) const {
     gather(ws);
     const S f = batch_value_grad(w, &g, ws, off);
-    const Vec<S> xv = xb_ * v;  // minibatch Hessian action X_B^T X_B v / B
-    hv.noalias() = (xb_.transpose() * xv) / S(B_);
+    const Vec<S> xv = ws.xb * v;  // minibatch Hessian action X_B^T X_B v / B
+    hv.noalias() = (ws.xb.transpose() * xv) / S(B_);
     return f;
   }
   S meta(bool valid, const Vec<S>& w, Vec<S>* gM, Workspace<S>& ws, S off = S(1)) const {
@@ -86,25 +86,27 @@ class MinibatchLeastSquares {
   }
 
  private:
-  void gather(const Workspace<S>& ws) const {
+  // The minibatch rows are gathered into the run's own workspace: the wrapper itself is
+  // immutable and may be shared between threads.
+  void gather(Workspace<S>& ws) const {
     if (ws.tau < 0 || ws.tau >= t_) throw std::invalid_argument("SGD step beyond the batch sequence");
-    xb_.resize(B_, dim());
-    yb_.resize(B_);
+    ws.xb.resize(B_, dim());
+    ws.yb.resize(B_);
     const std::int32_t* idx = &batches_[static_cast<size_t>(ws.tau * B_)];
     for (Index j = 0; j < B_; ++j) {
-      xb_.row(j) = full_.X().row(idx[j]);
-      yb_[j] = full_.y()[idx[j]];
+      ws.xb.row(j) = full_.X().row(idx[j]);
+      ws.yb[j] = full_.y()[idx[j]];
     }
   }
   S batch_value_grad(const Vec<S>& w, Vec<S>* g, Workspace<S>& ws, S off) const {
-    ws.r.noalias() = xb_ * w;
-    const S scale = maxabs(ws.r) + off * maxabs(yb_);
-    ws.r -= off * yb_;
-    if (g) g->noalias() = (xb_.transpose() * ws.r) / S(B_);
+    ws.r.noalias() = ws.xb * w;
+    const S scale = maxabs(ws.r) + off * maxabs(ws.yb);
+    ws.r -= off * ws.yb;
+    if (g) g->noalias() = (ws.xb.transpose() * ws.r) / S(B_);
     ws.residual_maxabs = maxabs(ws.r);
     ws.cancellation = scale > S(0) && ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * scale;
     S cn = 0;
-    for (Index j = 0; j < xb_.cols(); ++j) cn = std::max(cn, S(xb_.col(j).norm()));
+    for (Index j = 0; j < ws.xb.cols(); ++j) cn = std::max(cn, S(ws.xb.col(j).norm()));
     ws.grad_err = sm::epsilon<S>() * cn * (ws.r.norm() + sm::sqrt(S(B_)) * scale) / S(B_);
     return ws.r.squaredNorm() / (S(2) * S(B_));
   }
@@ -112,10 +114,6 @@ class MinibatchLeastSquares {
   std::vector<std::int32_t> batches_;
   Index B_;
   Steps t_ = 0;
-  // The gathered minibatch: scratch, so one wrapper object serves one run at a time (the
-  // bindings build a wrapper per call; the full task itself is shared read-only).
-  mutable Mat<S> xb_;
-  mutable Vec<S> yb_;
 };
 
 }  // namespace metastep
