@@ -50,3 +50,22 @@ def test_no_libquadmath_dependency():
     quadmath = [line.split()[-1] for line in out.splitlines() if line.split()[-1].endswith("q")
                 and line.split()[-1] in {"sqrtq", "logq", "expq", "log1pq", "powq", "quadmath_snprintf", "frexpq", "ldexpq"}]
     assert quadmath == []
+
+
+def test_type_stub_matches_the_compiled_module():
+    """python/metastep/_core.pyi declares exactly the names the compiled module exports."""
+    import ast
+    import pathlib
+
+    import metastep
+    stub = pathlib.Path(metastep.__file__).with_name("_core.pyi")
+    tree = ast.parse(stub.read_text())
+    declared = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            declared.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            declared.add(node.target.id)
+    declared.discard("__all__")
+    exported = {n for n in dir(_core) if not n.startswith("__")} | {"__version__"}
+    assert declared == exported, (declared ^ exported)
