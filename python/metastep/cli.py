@@ -108,6 +108,102 @@ def _signed_exp(sign: int, log_abs: float) -> str:
     return f"{'-' if sign < 0 else ''}{10 ** (l10 - e):.15f}e{e:+d}"
 
 
+def _print_checks(title: str, summary: dict, out: str) -> None:
+    """Final summary table of an experiment or study: result, check (wrapped), measured, expected."""
+    import textwrap
+    checks = summary.get("checks", [])
+    print()
+    print(f"{title}: {'PASSED' if summary.get('passed') else 'FAILED'} "
+          f"({sum(c['passed'] for c in checks)}/{len(checks)} checks, {summary.get('seconds', 0.0):.1f} s) -> {out}")
+    wn, wm = 64, 30
+    print(f"{'result':<6}  {'check':<{wn}}  {'measured':<{wm}}  expected")
+    print("-" * (6 + wn + wm + 20))
+    for c in checks:
+        name = textwrap.wrap(c["name"], wn) or [""]
+        meas = textwrap.wrap(_short(c["measured"]), wm) or [""]
+        for i in range(max(len(name), len(meas))):
+            res = ("pass" if c["passed"] else "FAIL") if i == 0 else ""
+            exp = str(c["expected"]) if i == 0 else ""
+            n = name[i] if i < len(name) else ""
+            m = meas[i] if i < len(meas) else ""
+            print(f"{res:<6}  {n:<{wn}}  {m:<{wm}}  {exp}")
+
+
+def _short(x: Any, limit: int = 90) -> str:
+    """A compact rendering of a check's measured value."""
+    if isinstance(x, dict) and isinstance(x.get("cases"), list):
+        return "; ".join(f"{c.get('mode')}/{c.get('dtype')}: step {c.get('reported_step')} "
+                         f"(predicted {c.get('predicted_step')})" for c in x["cases"])
+    if isinstance(x, dict):
+        keys = [k for k in ("smallest ratio eta*(t_next)/eta*(t)", "max_rel_err", "max_rel_dev", "max_gap", "max_dev", "median", "max", "max |G'|/bound",
+                            "count", "not_ok", "unexplained", "unexplained_seeds", "failed_seeds", "outcomes",
+                            "seeds_not_increasing", "monotone_seeds") if k in x]
+        if keys:
+            return ", ".join(f"{k}={_short(x[k], limit)}" for k in keys[:2])
+        if all(isinstance(v, dict) for v in x.values()):
+            return "; ".join(f"{k}: {_short(v, limit)}" for k, v in x.items())
+        text = json.dumps(x, default=str)
+    elif isinstance(x, float):
+        text = f"{x:.3g}"
+    else:
+        text = json.dumps(x, default=str) if isinstance(x, (list, tuple)) else str(x)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from . import experiments
+    names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
+    ok = True
+    for name in names:
+        summary = experiments.run(name, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+        _print_checks(f"metastep reproduce {name}{' --quick' if args.quick else ''}", summary,
+                      f"{args.out}/{name}/summary.json")
+        ok = ok and bool(summary["passed"])
+    return 0 if ok else 1
+
+
+def _csv_list(text: Optional[str], conv: Any) -> Optional[list]:
+    if text is None:
+        return None
+    return [conv(x) for x in text.split(",") if x.strip()]
+
+
+def cmd_stability(args: argparse.Namespace) -> int:
+    from . import stability
+    steps = _csv_list(args.steps, lambda x: int(float(x)))
+    if steps is None:
+        steps = [10, 100, 1000] if args.quick else [10, 100, 1000, 10**4, 10**5]
+    etas = _csv_list(args.etas, float) or [0.5, 1.5, 2.5]
+    max_cell = args.max_cell_seconds if args.max_cell_seconds is not None else (10.0 if args.quick else 120.0)
+    problem = None
+    if args.d != 100:
+        problem = stability.default_problem(args.seed, d=args.d)
+    rep = stability.stability_study(problem, modes=_csv_list(args.modes, str), dtypes=_csv_list(args.dtypes, str),
+                                    steps=steps, etas=etas, objective=args.objective, out_dir=args.out,
+                                    progress=not args.no_progress, tol=args.tol, seed=args.seed,
+                                    max_cell_seconds=max_cell, plot=not args.no_plots)
+    print()
+    print("first failing t (status-only in parentheses) per mode / precision / objective:")
+    head = f"{'mode':<15} {'dtype':<11} {'objective':<9} " + " ".join(f"{'eta=' + format(e, 'g'):>16}" for e in rep.etas)
+    print(head)
+    print("-" * len(head))
+    for mode in rep.modes:
+        for dt in rep.dtypes:
+            for obj in rep.objectives:
+                cells = []
+                for e in rep.etas:
+                    ff, fn = rep.first_fail.get((mode, dt, obj, e)), rep.first_not_ok.get((mode, dt, obj, e))
+                    cells.append(f"{'-' if ff is None else format(ff, 'g')} ({'-' if fn is None else format(fn, 'g')})")
+                print(f"{mode:<15} {dt:<11} {obj:<9} " + " ".join(f"{c:>16}" for c in cells))
+    if rep.skipped:
+        print(f"{len(rep.skipped)} cell group(s) skipped; reasons in {args.out}/stability.md")
+    for n in rep.notes:
+        print(f"note: {n}")
+    summary = {"checks": rep.checks, "passed": rep.passed, "seconds": rep.seconds}
+    _print_checks("metastep stability", summary, f"{args.out}/summary.json")
+    return 0 if rep.passed else 1
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from . import build_info
     for k, v in build_info().items():
@@ -138,6 +234,39 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
     i = sub.add_parser("info", help="build facts: version, Eigen version and location, precisions, CUDA")
     i.set_defaults(func=cmd_info)
+
+    from .experiments import EXPERIMENTS
+    r = sub.add_parser("reproduce", help="run one of the paper's experiments (data, figures, checks)",
+                       description="Reproduce an experiment of the paper (SPEC section 8): writes data (CSV/JSON), "
+                       "figures (PNG) and OUT/<name>/summary.json, prints the checks; the exit status is 1 when a "
+                       "check fails.")
+    r.add_argument("name", choices=list(EXPERIMENTS) + ["all"], help="experiment: " + ", ".join(EXPERIMENTS))
+    r.add_argument("--out", required=True, help="output folder (the experiment writes OUT/<name>/)")
+    r.add_argument("--quick", action="store_true", help="reduced version that runs in seconds")
+    r.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=cmd_reproduce)
+
+    s = sub.add_parser("stability", help="sweep mode x precision x t x eta against the exact oracle",
+                       description="Numerical-stability study: every mode and precision against the closed form in "
+                       "the widest precision, on a d=100 quadratic with eigenvalues geomspace(0.01, 1) (or --d). "
+                       "Writes stability.csv/.md, first_fail.csv, summary.json and figures; the exit status is 1 "
+                       "when an acceptance check fails.")
+    s.add_argument("--out", default="metastep_stability", help="output folder (default ./metastep_stability)")
+    s.add_argument("--quick", action="store_true", help="t in {10, 100, 1000} and a 10 s limit per cell")
+    s.add_argument("--seed", type=int, default=0, help="seed of the generated problem (default 0)")
+    s.add_argument("--d", type=int, default=100, help="dimension of the generated problem (default 100)")
+    s.add_argument("--modes", help="comma-separated modes (default: all but auto/scaled)")
+    s.add_argument("--dtypes", help="comma-separated precisions (default: all compiled)")
+    s.add_argument("--steps", help="comma-separated horizons t (default 10,100,1000,1e4,1e5)")
+    s.add_argument("--etas", help="comma-separated step sizes (default 0.5,1.5,2.5; L = 1)")
+    s.add_argument("--objective", choices=["log", "final", "both"], default="log")
+    s.add_argument("--tol", type=float, default=1e-6, help="relative error counted as a failure (default 1e-6)")
+    s.add_argument("--max-cell-seconds", type=float, default=None,
+                   help="skip cells predicted to take longer (default 120, quick 10)")
+    s.add_argument("--no-plots", action="store_true", help="tables only")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_stability)
     return p
 
 

@@ -21,7 +21,7 @@ import csv
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -72,11 +72,18 @@ class MetaTrainResult:
     lrs : numpy array of the learning rates μ_k actually used
     steps_done : number of updates applied
     meta_steps : number of updates requested
+    grad_rel_errors : the engine's estimate of the relative rounding error of each
+        meta-gradient (NaN where the mode gives none)
     failure : None, or a dict describing the *first* evaluation whose meta-gradient was
-        non-finite or whose status was not "ok": ``meta_step`` (the update it was meant to
-        feed, 1-based), ``eta``, ``status``, ``grad``, ``value``, ``finite``, ``used`` (whether
-        the gradient was used for an update, only possible with ``on_failure="continue"``)
-    n_not_ok : how many evaluations had a non-ok status or a non-finite meta-gradient
+        non-finite or whose status was not "ok" (and not tolerated): ``meta_step`` (the update
+        it was meant to feed, 1-based), ``eta``, ``status``, ``grad``, ``value``, ``finite``,
+        ``used`` (whether the gradient was used for an update, only possible with
+        ``on_failure="continue"``)
+    n_not_ok : how many evaluations had a non-ok (not tolerated) status or a non-finite
+        meta-gradient
+    first_flag : None, or the first evaluation whose status was tolerated (see ``tolerate``
+        in :func:`meta_train`), as a dict like ``failure``
+    n_flagged : how many evaluations had a tolerated status
     stopped : True when the run ended before ``meta_steps`` updates
     stop_reason : why it stopped ("" when it did not)
     config : the arguments of the run
@@ -98,6 +105,9 @@ class MetaTrainResult:
     stop_reason: str
     config: Dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    grad_rel_errors: Optional[np.ndarray] = None
+    first_flag: Optional[Dict[str, Any]] = None
+    n_flagged: int = 0
 
     @property
     def eta(self) -> float:
@@ -114,9 +124,10 @@ class MetaTrainResult:
         n = len(self.statuses)
         lr = np.full(n, np.nan)
         lr[: len(self.lrs)] = self.lrs[: n]
+        gre = self.grad_rel_errors if self.grad_rel_errors is not None else np.full(n, np.nan)
         return {"k": np.arange(n), "eta": self.etas[:n], "value": self.values, "grad": self.grads,
                 "log_abs_grad": self.log_abs_grads, "sign_grad": self.sign_grads,
-                "status": list(self.statuses), "lr_next": lr}
+                "grad_rel_error": gre, "status": list(self.statuses), "lr_next": lr}
 
     def to_csv(self, path: str) -> None:
         """Write :meth:`table` to a CSV file."""
@@ -154,7 +165,8 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
                objective: str = "log", on: str = "train", mode: str = "auto", dtype: Any = "float64",
                optimizer: str = "gd", lr: Optional[float] = None, decay: Optional[str] = None,
                log_eta: bool = False, on_failure: str = "stop", optimizer_options: Optional[dict] = None,
-               metagrad_options: Optional[dict] = None, progress: bool = False,
+               metagrad_options: Optional[dict] = None,
+               tolerate: Sequence[str] = ("cancellation: meta-gradient",), progress: bool = False,
                desc: Optional[str] = None) -> MetaTrainResult:
     """Meta-train the step size of ``steps``-step gradient descent.
 
@@ -192,6 +204,13 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
         status is used (every such step is counted in ``n_not_ok``; the first is recorded),
         but a non-finite one still ends the run — η never becomes NaN.  ``"raise"``: raise
         :class:`MetaTrainingError` carrying the history.
+    tolerate : sequence of str
+        Status prefixes that flag reduced *accuracy* rather than a failure; a finite
+        meta-gradient with such a status is used, counted in ``n_flagged`` and the first one
+        recorded in ``first_flag``.  The default tolerates "cancellation: meta-gradient": the
+        engine's estimate says more than half the digits of G' cancelled, which happens next
+        to any stationary point (G' ≈ 0), i.e. right where meta-training converges, while the
+        absolute error stays at rounding level.  Pass ``()`` to treat it as a failure.
     optimizer_options : dict, optional
     metagrad_options : dict, optional
         Extra keyword arguments for :func:`metastep.metagrad` (``checkpoints``, ``memory_limit``).
@@ -234,7 +253,8 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
 
     config = {"eta0": eta0, "steps": int(steps), "meta_steps": meta_steps, "objective": objective, "on": on,
               "mode": mode, "dtype": str(dtype), "optimizer": optimizer, "lr": mu0, "decay": decay,
-              "log_eta": bool(log_eta), "on_failure": on_failure, "optimizer_options": opts}
+              "log_eta": bool(log_eta), "on_failure": on_failure, "optimizer_options": opts,
+              "tolerate": list(tolerate)}
     etas = [eta0]
     values: List[float] = []
     grads: List[float] = []
@@ -242,8 +262,12 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
     signs: List[int] = []
     statuses: List[str] = []
     lrs: List[float] = []
+    rel_errs: List[float] = []
     failure: Optional[Dict[str, Any]] = None
+    first_flag: Optional[Dict[str, Any]] = None
     n_not_ok = 0
+    n_flagged = 0
+    tolerate = tuple(tolerate)
     stop_reason = ""
     theta = math.log(eta0) if log_eta else eta0
     m1 = 0.0
@@ -265,8 +289,18 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
             log_abs.append(float(r.log_abs_grad))
             signs.append(int(r.sign_grad))
             statuses.append(str(r.status))
+            diag = r.diagnostics if isinstance(r.diagnostics, dict) else {}
+            gre = diag.get("grad_rel_error")
+            rel_errs.append(float(gre) if isinstance(gre, (int, float)) else math.nan)
             finite = math.isfinite(g) and math.isfinite(v)
             good = finite and r.status == "ok"
+            if finite and not good and tolerate and str(r.status).startswith(tolerate):
+                n_flagged += 1
+                if first_flag is None:
+                    first_flag = {"meta_step": k + 1, "eta": eta, "status": str(r.status), "grad": g, "value": v,
+                                  "finite": True, "used": k < meta_steps,
+                                  "grad_rel_error": rel_errs[-1]}
+                good = True
             if not good:
                 n_not_ok += 1
                 if failure is None:
@@ -332,7 +366,8 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
         grads=np.array(grads, dtype=np.float64), log_abs_grads=np.array(log_abs, dtype=np.float64),
         sign_grads=np.array(signs, dtype=np.int64), statuses=statuses, lrs=np.array(lrs, dtype=np.float64),
         steps_done=steps_done, meta_steps=meta_steps, failure=failure, n_not_ok=n_not_ok, stopped=stopped,
-        stop_reason=stop_reason, config=config, seconds=time.perf_counter() - t_start)
+        stop_reason=stop_reason, config=config, seconds=time.perf_counter() - t_start,
+        grad_rel_errors=np.array(rel_errs, dtype=np.float64), first_flag=first_flag, n_flagged=n_flagged)
     if on_failure == "raise" and failure is not None:
         raise MetaTrainingError(f"meta-training failed at meta-step {failure['meta_step']} "
                                 f"(eta = {failure['eta']!r}): {failure['status']}", result)
