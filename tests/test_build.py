@@ -69,3 +69,17 @@ def test_type_stub_matches_the_compiled_module():
     declared.discard("__all__")
     exported = {n for n in dir(_core) if not n.startswith("__")} | {"__version__"}
     assert declared == exported, (declared ^ exported)
+
+
+def test_bench_quick_runs(tmp_path):
+    """Benchmarks never run in the suite; only check that `metastep bench --quick` works."""
+    import json
+    import subprocess
+    import sys
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "metastep", "bench", "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(out.read_text())
+    assert data["quick"] is True and data["rows"] and data["roofline"]["gemm_gflops"] > 0
+    assert "ratios" in proc.stdout or "faster" in proc.stdout

@@ -267,7 +267,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-plots", action="store_true", help="tables only")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_stability)
+
+    b = sub.add_parser("bench", help="time the modes against NumPy, JAX, PyTorch and this machine's roofline",
+                       description="Benchmark forward-mode meta-gradients of t-step GD on dense quadratics (one "
+                       "step size and a batch), side by side with NumPy, JAX (jit) and PyTorch when installed, and "
+                       "the measured GEMM/matrix-vector roofline; prints medians and ratios and writes JSON. For "
+                       "NumPy's best BLAS kernel run it as `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE metastep "
+                       "bench` where those variables are set.")
+    b.add_argument("--quick", action="store_true", help="small cases (seconds)")
+    b.add_argument("--out", default="metastep_bench.json", help="JSON output file")
+    b.add_argument("--threads", type=int, default=None, help="threads for batched calls (default: all cores)")
+    b.set_defaults(func=cmd_bench)
     return p
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+    print(format_table(run_bench(quick=args.quick, out=args.out, threads=args.threads)))
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
