@@ -157,9 +157,6 @@ def test_scaled_forward_status_on_benign_problem():
     assert r.status == "ok", (r.status, r.diagnostics["grad_rel_error"])
 
 
-@pytest.mark.xfail(reason="engine: plain forward/reverse modes report 'cancellation: meta-gradient' when their "
-                          "rounding-error estimate overflows (grad_rel_error = inf) although the result is accurate",
-                   strict=True)
 @pytest.mark.parametrize("mode", ["forward", "reverse"])
 def test_plain_mode_status_when_error_estimate_overflows(mode):
     q = ms.random_quadratic(20, seed=0)

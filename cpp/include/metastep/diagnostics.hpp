@@ -47,6 +47,15 @@ inline const char* quantity_name(Quantity q) {
   return "?";
 }
 
+// log(e^a + e^b) for the error estimates, which are combined in the log domain so that
+// large-but-finite quantities (a float32 tangent of 1e30) cannot overflow the estimate.
+inline double log_add(double a, double b) {
+  if (a == -std::numeric_limits<double>::infinity()) return b;
+  if (b == -std::numeric_limits<double>::infinity()) return a;
+  const double m = std::max(a, b);
+  return m + std::log(std::exp(a - m) + std::exp(b - m));
+}
+
 struct Diagnostics {
   // First failure in computation order.
   bool failed = false;

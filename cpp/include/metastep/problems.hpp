@@ -41,6 +41,19 @@ inline Scalar maxabs(const Vec<Scalar>& v) {
   return m;
 }
 
+// Euclidean norm that cannot overflow or underflow (scaled by the largest entry).
+template <class Scalar>
+inline Scalar safe_norm(const Vec<Scalar>& v) {
+  const Scalar m = maxabs(v);
+  if (!(m > Scalar(0)) || !sm::isfinite(m)) return m;
+  Scalar s = 0;
+  for (Index i = 0; i < v.size(); ++i) {
+    const Scalar x = v[i] / m;
+    s += x * x;
+  }
+  return m * sm::sqrt(s);
+}
+
 // f(w) = 1/2 (w - w*)^T H (w - w*)
 template <class Scalar>
 class Quadratic {

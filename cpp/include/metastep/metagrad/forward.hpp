@@ -16,7 +16,7 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
   const Index d = p.dim();
   Vec<S> w = p.w0(), v = Vec<S>::Zero(d), g(d), hv(d);
   bool w_nonzero = false, v_nonzero = false;  // zero starts are legitimate
-  S verr2 = 0;                                // squared error estimate of the tangent
+  double vrel2 = 0;                           // squared relative error estimate of the tangent
   for (Steps tau = 0; tau < t; ++tau) {
     ws.tau = tau;
     const S f = p.value_grad_hvp(w, v, g, hv, ws);
@@ -27,14 +27,17 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
     w_nonzero = wmax != S(0);
     v_nonzero = vmax != S(0);
     const S e = eta.at(tau);
-    const S vold2 = v.squaredNorm();
     w -= e * g;
     v -= g + e * hv;
     // the tangent absorbs the rounding error of every gradient; earlier errors are carried
-    // with the tangent's own growth or decay, new ones add like a random walk
-    const S vnew2 = v.squaredNorm();
-    verr2 = (vold2 > S(0) ? verr2 * (vnew2 / vold2) : S(0)) + ws.grad_err * ws.grad_err * S(d) +
-            sm::epsilon<S>() * sm::epsilon<S>() * vnew2;
+    // with the tangent's own growth or decay (its relative size is kept), new ones add like a
+    // random walk; all in relative terms so that nothing overflows
+    const S vn = safe_norm(v);
+    if (vn > S(0)) {
+      const double r = std::exp(sm::log_abs(ws.grad_err) + 0.5 * std::log(double(d)) - sm::log_abs(vn));
+      const double eps = sm::to_double(sm::epsilon<S>());
+      vrel2 += r * r + eps * eps;
+    }
   }
   diag.check_vector(Quantity::iterate, maxabs(w), w_nonzero, t);
   diag.check_vector(Quantity::tangent, maxabs(v), v_nonzero, t);
@@ -44,8 +47,11 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
   const S dM = gM.dot(v);
   diag.forward_steps = t;
   if (dM != S(0) && sm::isfinite(dM)) {
-    const S est = ws.grad_err * v.norm() + gM.norm() * sm::sqrt(verr2) + sm::epsilon<S>() * gM.cwiseProduct(v).norm();
-    diag.check_grad_error<S>(sm::to_double(est / sm::abs(dM)), t);
+    const double ldm = sm::log_abs(dM), lv = sm::log_abs(safe_norm(v)), lg = sm::log_abs(safe_norm(gM));
+    double lest = sm::log_abs(ws.grad_err) + lv;                                     // error of grad M
+    if (vrel2 > 0) lest = log_add(lest, lg + lv + 0.5 * std::log(vrel2));            // error of the tangent
+    lest = log_add(lest, sm::log_abs(sm::epsilon<S>()) + lg + lv);                   // the dot product
+    diag.check_grad_error<S>(std::exp(lest - ldm), t);
   }
   return finalize<S>(M, dM, nullptr, opt, std::move(diag));
 }

@@ -23,7 +23,7 @@ struct Backprop {
   Vec<S> dM_steps;        // dM/deta_tau
   bool a_nonzero = true;
   S rho_a = 0;            // relative (1-norm) rounding error of the adjoint, carried back linearly
-  S err2 = 0;             // accumulated squared absolute error estimate of the terms
+  double log_err2 = -std::numeric_limits<double>::infinity();  // log of the summed squared term errors
 
   Backprop(const Problem& p_, const StepSizes<S>& eta_, Steps t, Diagnostics& diag_)
       : p(p_), eta(eta_), diag(diag_), g(p_.dim()), ha(p_.dim()), dM_steps(Vec<S>::Zero(t)) {}
@@ -48,8 +48,9 @@ struct Backprop {
     note_loss(diag, Quantity::meta_loss, M, ws, t);
     diag.check_vector(Quantity::adjoint, maxabs(a), true, t);
     a_nonzero = maxabs(a) != S(0);
-    const S a2 = a.norm();
-    rho_a = a2 > S(0) ? ws.grad_err * sm::sqrt(S(p.dim())) / a2 : S(0);
+    const S a2 = safe_norm(a);
+    rho_a = a2 > S(0) ? S(std::exp(sm::log_abs(ws.grad_err) + 0.5 * std::log(double(p.dim())) - sm::log_abs(a2)))
+                      : S(0);
     diag.forward_steps = t;
     return M;
   }
@@ -59,9 +60,9 @@ struct Backprop {
     ws.tau = tau;
     p.value_grad_hvp(w_tau, a, g, ha, ws);
     dM_steps[tau] = -a.dot(g);
-    const S a2 = a.norm();
-    const S e = ws.grad_err * a2 + sm::epsilon<S>() * a.cwiseProduct(g).norm();
-    err2 += e * e;  // independent roundings add like a random walk
+    const double la = sm::log_abs(safe_norm(a)), lg = sm::log_abs(safe_norm(g));
+    const double le = log_add(sm::log_abs(ws.grad_err) + la, sm::log_abs(sm::epsilon<S>()) + la + lg);
+    log_err2 = log_add(log_err2, 2.0 * le);  // independent roundings add like a random walk
     a -= eta.at(tau) * ha;
     const S amax = maxabs(a);
     diag.check_vector(Quantity::adjoint, amax, a_nonzero, tau);
@@ -78,7 +79,8 @@ struct Backprop {
     diag.grad_condition = sum != S(0) ? sm::to_double(sum_abs / sm::abs(sum)) : std::numeric_limits<double>::infinity();
     if (sum != S(0) && sm::isfinite(sum))
       // the adjoint's own error is one relative error carried linearly: it scales every term
-      diag.check_grad_error<S>(sm::to_double((sm::sqrt(err2) + (rho_a + sm::epsilon<S>()) * sum_abs) / sm::abs(sum)),
+      diag.check_grad_error<S>(std::exp(0.5 * log_err2 - sm::log_abs(sum)) +
+                                   sm::to_double(rho_a + sm::epsilon<S>()) * std::exp(sm::log_abs(sum_abs) - sm::log_abs(sum)),
                                dM_steps.size());
     return sum;
   }
