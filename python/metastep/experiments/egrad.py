@@ -256,7 +256,8 @@ def plot(results: Dict[str, Any], out_dir: str) -> List[str]:
         what = "G'(η) (log objective)" if obj == "log" else "F'(η) (naive objective)"
         st.plot_error_map(rep.rows, rep.modes, rep.dtypes, rep.etas, rep.steps, obj, p,
                           f"E-grad: relative error of {what} vs {rep.oracle}, by mode/precision and t\n"
-                          "plain modes overflow (×) for η beyond 2/L; scaled and exact stay accurate",
+                          "× = non-ok status (overflow of plain modes for η beyond 2/L, or a 'cancellation' flag); "
+                          "scaled and exact stay accurate",
                           eta_label=lambda e: f"η = {e * L:.1f}/L")
         paths.append(p)
     return paths
