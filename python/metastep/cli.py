@@ -29,6 +29,31 @@ def _rel_err(log_abs: float, sign: int, ref_log: float, ref_sign: int) -> float:
     return abs(math.expm1(log_abs - ref_log))
 
 
+def _rel_err_exact(r: Any, which: str, args: argparse.Namespace) -> Optional[float]:
+    """|x − ref| / |ref| computed in mpmath from the result's most precise form (decimal text for
+    quad/mp, the long double copy otherwise); None when no mpmath reference or x is not finite."""
+    mp_ref = getattr(args, "_mp_ref", None)
+    if mp_ref is None:
+        return None
+    import mpmath
+    ref = mp_ref[0] if which == "value" else mp_ref[1]
+    text = getattr(r, f"{which}_text")
+    ext = np.longdouble(getattr(r, f"{which}_ext"))
+    if text is None and not np.isfinite(ext):
+        return None
+    with mpmath.workprec(max(320, args.prec + 64)):
+        try:
+            x = mpmath.mpf(text) if text is not None else mpmath.mpf(np.format_float_scientific(ext, unique=True))
+        except (ValueError, TypeError):
+            return None
+        if not mpmath.isfinite(x) or not mpmath.isfinite(ref):
+            return None
+        if ref == 0:
+            return 0.0 if x == 0 else math.inf
+        err = float(abs(x - ref) / abs(ref))
+    return err if err > 0 else 1e-300  # a positive number: `or` keeps exact zeros distinct from None
+
+
 def _reference(problem: problems._Problem, args: argparse.Namespace) -> tuple[Optional[tuple], str]:
     """(log|value|, sign value, log|grad|, sign grad) of the mpmath oracle, and its name."""
     try:
@@ -39,6 +64,7 @@ def _reference(problem: problems._Problem, args: argparse.Namespace) -> tuple[Op
         else:
             v, g = reference.lsq_metagrad(problem.X, problem.y, problem.X_valid, problem.y_valid, problem.w0,
                                           args.eta, args.steps, objective=args.objective, on=args.on, prec=args.prec)
+        args._mp_ref = (v, g)  # exact values, for errors below float64's resolution
         return ((reference.log_abs(v), reference.sign(v), reference.log_abs(g), reference.sign(g)),
                 f"mpmath, {args.prec} bits")
     except ImportError:
@@ -74,8 +100,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
             rows.append({
                 "mode": mode, "dtype": dt, "value": r.value, "grad": r.grad,
                 "log_abs_grad": r.log_abs_grad,
-                "rel_err_value": _rel_err(r.log_abs_value, r.sign_value, ref[0], ref[1]),
-                "rel_err_grad": _rel_err(r.log_abs_grad, r.sign_grad, ref[2], ref[3]),
+                "rel_err_value": _rel_err_exact(r, "value", args) or _rel_err(r.log_abs_value, r.sign_value,
+                                                                               ref[0], ref[1]),
+                "rel_err_grad": _rel_err_exact(r, "grad", args) or _rel_err(r.log_abs_grad, r.sign_grad,
+                                                                             ref[2], ref[3]),
                 "status": r.status, "seconds": dt_s,
             })
     L = problem.L
