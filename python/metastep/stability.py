@@ -150,6 +150,38 @@ def separation(problem: Any, eta: Any, t: int = 100) -> np.ndarray:
     return s if np.ndim(eta) else s[0]
 
 
+#: Natural log of the largest finite number of each fixed-range precision (mp: unbounded).
+LOG_MAX = {"float32": math.log(float(np.finfo(np.float32).max)),
+           "float64": math.log(float(np.finfo(np.float64).max)),
+           "longdouble": float(np.log(np.finfo(np.longdouble).max)),
+           "quad": 11356.523406294143}
+
+
+def overflow_step(problem: Any, eta: float, dtype: str, t_max: int) -> Optional[int]:
+    """First inner step τ ≤ t_max at which the exact loss ½ Σ cᵢ²λᵢ(1 − ηλᵢ)^{2τ} (NumPy
+    eigen-data, log domain) exceeds the largest finite number of ``dtype``; None if it never does
+    (or the precision has no fixed range)."""
+    if dtype not in LOG_MAX:
+        return None
+    lam, c2 = _active(problem)
+    with np.errstate(divide="ignore"):
+        base = np.log(0.5 * c2 * lam)
+        lr = 2.0 * np.log(np.abs(1.0 - eta * lam))
+    # log f(w_τ) is convex in τ and dominated by max_i (base_i + τ lr_i); scan in blocks
+    limit = LOG_MAX[dtype]
+    start = 0
+    while start <= t_max:
+        taus = np.arange(start, min(start + 65536, t_max + 1))
+        logs = base[None, :] + taus[:, None] * lr[None, :]
+        top = np.max(logs, axis=1)
+        logf = top + np.log(np.sum(np.exp(logs - top[:, None]), axis=1))
+        over = np.nonzero(logf > limit)[0]
+        if len(over):
+            return int(taus[over[0]])
+        start += 65536
+    return None
+
+
 def fit_growth_rate(problem: Any, etas: Any, ts: Optional[Sequence[int]] = None, *, mode: str = "scaled",
                     dtype: str = "float64") -> Dict[str, np.ndarray]:
     """Measured exponential growth rate of |F'(η)| in t.
@@ -371,6 +403,21 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
                 if bar is not None:
                     bar.set_postfix_str(f"{mode} {dt} {obj} t={t}")
                 alive = [i for i in range(len(eta_arr)) if i not in dead]
+                if mode in _PLAIN_MODES and isinstance(problem, Quadratic):
+                    doomed = []
+                    for i in alive:
+                        tau = overflow_step(problem, float(eta_arr[i]), dt, t)
+                        if tau is not None and tau < t // 2:
+                            doomed.append(i)
+                            why = (f"predicted non-finite: the exact loss exceeds the largest {dt} at inner step "
+                                   f"{tau} of {t}; not run, since the engine keeps iterating on inf/NaN for the "
+                                   f"remaining steps (minutes in x87 long double)")
+                            report.rows.append({"mode": mode, "dtype": dt, "objective": obj,
+                                                "eta": float(eta_arr[i]), "steps": t, "status": "skipped",
+                                                "ok": None, "skipped": why})
+                            report.skipped.append({"mode": mode, "dtype": dt, "objective": obj, "steps": t,
+                                                   "reason": why, "etas": [float(eta_arr[i])]})
+                    alive = [i for i in alive if i not in doomed]
                 for i, drow in dead.items():
                     # GD with a constant step size runs the same first steps for every horizon: a run that
                     # became non-finite in its forward sweep at step tau < t' fails at tau for every t >= t'.
@@ -433,6 +480,8 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
     return report
 
 
+#: Modes that iterate in the working precision without rescaling (they overflow).
+_PLAIN_MODES = ("reverse", "checkpoint", "forward", "fd")
 #: Quantities computed forward in time (their failure step does not depend on the horizon t).
 _FORWARD_QUANTITIES = ("iterate", "loss", "tangent")
 

@@ -47,29 +47,6 @@ QUICK = {"grid": 300, "fit_etas": 40, "fit_ts": 7, "table_t": (10, 80, 160, 1000
 RATE_TOL = 0.01
 RATE_MIN = 0.05
 SEPARATION = 1e-3
-#: log of the largest finite number of each precision (for the overflow-step prediction)
-_LOG_MAX = {"float32": math.log(float(np.finfo(np.float32).max)), "float64": math.log(float(np.finfo(np.float64).max))}
-
-
-def _predicted_overflow_step(problem: Any, eta: float, dtype: str, t_max: int) -> Optional[int]:
-    """First inner step τ at which the exact loss ½ Σ cᵢ²λᵢ(1 − ηλᵢ)^{2τ} exceeds the largest
-    finite number of ``dtype`` (None if it never does up to t_max)."""
-    if dtype not in _LOG_MAX:
-        return None
-    lam, c2 = st.eigen_data(problem)
-    keep = lam > 0
-    lam, c2 = lam[keep], c2[keep]
-    with np.errstate(divide="ignore"):
-        base = np.log(0.5 * c2 * lam)
-        lr = 2.0 * np.log(np.abs(1.0 - eta * lam))
-    taus = np.arange(0, t_max + 1)
-    logs = base[None, :] + taus[:, None] * lr[None, :]
-    top = np.max(logs, axis=1)
-    logf = top + np.log(np.sum(np.exp(logs - top[:, None]), axis=1))
-    over = np.nonzero(logf > _LOG_MAX[dtype])[0]
-    return int(taus[over[0]]) if len(over) else None
-
-
 def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
     """Run E-grad into ``out_dir/egrad`` and return its summary (raw results under "results")."""
     t_start = time.perf_counter()
@@ -192,7 +169,7 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True)
                    and r["objective"] == "log" and not r.get("skipped")]
             sel.sort(key=lambda r: r["steps"])
             first = next((r for r in sel if str(r["status"]).startswith("non-finite")), None)
-            pred = _predicted_overflow_step(paper, e_hi, dt, max(cfg["table_t"]))
+            pred = st.overflow_step(paper, e_hi, dt, max(cfg["table_t"]))
             item = {"mode": mode, "dtype": dt, "first_non_finite_t": None if first is None else first["steps"],
                     "status": None if first is None else first["status"],
                     "reported_step": None if first is None else first["fail_step"], "predicted_step": pred}
