@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "kernels.hpp"
 #include "scalar/traits.hpp"
 #include "types.hpp"
 
@@ -29,6 +30,8 @@ struct Workspace {
   Steps tau = 0;                // inner step being evaluated (selects the minibatch of SGD)
   Mat<Scalar> xb;               // minibatch rows (SGD)
   Vec<Scalar> yb;
+  Vec<Scalar> xv;               // X v (least squares)
+  std::vector<Scalar> scratch;  // accumulators of the fused products
 };
 
 template <class Scalar>
@@ -64,6 +67,7 @@ class Quadratic {
     if (w0_.size() != H_.rows() || ws_.size() != H_.rows())
       throw std::invalid_argument("w0 and w_star must have length d = H.shape[0]");
     if (H_.rows() < 1) throw std::invalid_argument("dimension must be at least 1");
+    op_ = kernels::DenseOp<S>(H_);
     ws_scale_ = maxabs(ws_);
     row_norm_ = 0;
     for (Index i = 0; i < H_.rows(); ++i) row_norm_ = std::max(row_norm_, S(H_.row(i).norm()));
@@ -78,20 +82,15 @@ class Quadratic {
   S value_grad(const Vec<S>& w, Vec<S>& g, Workspace<S>& ws, S off = S(1)) const {
     if (off == S(1)) ws.r = w - ws_;
     else ws.r = w - off * ws_;
-    g.noalias() = H_ * ws.r;
+    op_.apply(H_, ws.r, g, ws.scratch);
     note_residual(ws, off);
     return S(0.5) * ws.r.dot(g);
   }
   S value_grad_hvp(const Vec<S>& w, const Vec<S>& v, Vec<S>& g, Vec<S>& hv, Workspace<S>& ws,
                    S off = S(1)) const {
-    ws.in.resize(dim(), 2);
-    if (off == S(1)) ws.in.col(0) = w - ws_;
-    else ws.in.col(0) = w - off * ws_;
-    ws.in.col(1) = v;
-    ws.out.noalias() = H_ * ws.in;
-    g = ws.out.col(0);
-    hv = ws.out.col(1);
-    ws.r = ws.in.col(0);
+    if (off == S(1)) ws.r = w - ws_;
+    else ws.r = w - off * ws_;
+    op_.apply2(H_, ws.r, v, g, hv, ws.scratch);
     note_residual(ws, off);
     return S(0.5) * ws.r.dot(g);
   }
@@ -112,6 +111,7 @@ class Quadratic {
     ws.cancellation = ws_scale_ > S(0) && ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * ws_scale_ * off;
   }
   Mat<S> H_;
+  kernels::DenseOp<S> op_;
   Vec<S> w0_, ws_;
   S ws_scale_, row_norm_;
 };
