@@ -41,9 +41,9 @@ std::vector<S> to_std(const F64Array& a, const char* name) {
 
 inline py::dict range_dict(const Log2Range& r) {
   py::dict d;
-  if (r.seen) {
-    d["min"] = r.lo;
-    d["max"] = r.hi;
+  if (r.seen()) {
+    d["min"] = r.lo();
+    d["max"] = r.hi();
   } else {
     d["min"] = py::none();
     d["max"] = py::none();

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "scalar/traits.hpp"
 #include "types.hpp"
@@ -14,24 +15,35 @@
 namespace metastep {
 
 // Range of log2 of a quantity's magnitude (max-abs element for a vector) over a run.
+// Magnitudes of float and double are kept as they are (exactly, in double) and turned into
+// logarithms only when the range is read, so that the inner loop takes no logarithm; wider
+// types, whose magnitudes may not fit in a double, are logged as they come.
 struct Log2Range {
-  double lo = std::numeric_limits<double>::infinity();
-  double hi = -std::numeric_limits<double>::infinity();
-  bool seen = false;
   template <class S>
   void add(S magnitude) {
     if (!(magnitude > S(0)) || !sm::isfinite(magnitude)) return;  // zeros/non-finite: see failure
-    const double l2 = sm::log_abs(magnitude) / std::log(2.0);
-    lo = std::min(lo, l2);
-    hi = std::max(hi, l2);
-    seen = true;
+    if constexpr (std::is_same_v<S, float> || std::is_same_v<S, double>) {
+      const double m = static_cast<double>(magnitude);
+      mag_lo_ = std::min(mag_lo_, m);
+      mag_hi_ = std::max(mag_hi_, m);
+    } else {
+      add_log2(sm::log_abs(magnitude) / std::log(2.0));
+    }
   }
   void add_log2(double l2) {  // a magnitude known as log2 (scaled mode: exponent + mantissa)
     if (!std::isfinite(l2)) return;
-    lo = std::min(lo, l2);
-    hi = std::max(hi, l2);
-    seen = true;
+    lo_ = std::min(lo_, l2);
+    hi_ = std::max(hi_, l2);
   }
+  bool seen() const { return mag_hi_ > 0 || std::isfinite(hi_); }
+  double lo() const { return mag_hi_ > 0 ? std::min(lo_, std::log2(mag_lo_)) : lo_; }
+  double hi() const { return mag_hi_ > 0 ? std::max(hi_, std::log2(mag_hi_)) : hi_; }
+
+ private:
+  double lo_ = std::numeric_limits<double>::infinity();
+  double hi_ = -std::numeric_limits<double>::infinity();
+  double mag_lo_ = std::numeric_limits<double>::infinity();
+  double mag_hi_ = 0;
 };
 
 enum class Quantity { iterate, tangent, adjoint, loss, meta_loss, meta_grad };

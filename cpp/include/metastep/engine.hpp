@@ -28,10 +28,20 @@ inline Mode parse_mode(const std::string& s) {
   throw std::invalid_argument("unknown iterative mode '" + s + "': expected reverse, checkpoint, forward, fd, scaled, scaled_forward or scaled_reverse");
 }
 
+// Problems and precisions served by the batched forward engine (forward_batch).
+template <class Problem>
+inline constexpr bool batched_forward = false;
+template <class S>
+inline constexpr bool batched_forward<Quadratic<S>> = kernels::simd_scalar<S>;
+
 template <class Problem, class S = typename Problem::S>
 Outcome run_mode(const Problem& p, Mode mode, const StepSizes<S>& eta, const MetaOptions& opt) {
   if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
   if (opt.valid && !p.has_valid()) throw std::invalid_argument("on='valid' needs a task with a validation set");
+  if constexpr (batched_forward<Problem>) {
+    // a constant step size is a batch of one (the same bits as in any batch)
+    if (mode == Mode::forward && !eta.schedule) return forward_batch(p, &eta.eta, 1, opt)[0];
+  }
   switch (mode) {
     case Mode::reverse: return reverse_mode(p, eta, opt);
     case Mode::checkpoint: return checkpoint_mode(p, eta, opt);
@@ -71,12 +81,35 @@ void parallel_for(size_t n, int threads, Fn&& fn) {
     if (e) std::rethrow_exception(e);
 }
 
+// Largest number of step sizes the batched forward engine advances together.
+inline constexpr size_t kForwardBlock = 64;
+
 // A batch of constant step sizes: the loop lives here, not in Python, spread over threads.
 template <class Problem, class S = typename Problem::S>
 std::vector<Outcome> run_batch(const Problem& p, Mode mode, const std::vector<S>& etas, const MetaOptions& opt,
                                int threads = 1) {
   if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
   std::vector<Outcome> out(etas.size());
+  if constexpr (batched_forward<Problem>) {
+    if (mode == Mode::forward) {
+      // blocks of up to kForwardBlock step sizes advance together (one pass over H per step for
+      // the whole block); the blocks are shared out between the threads
+      const size_t nb = (etas.size() + kForwardBlock - 1) / kForwardBlock;
+      const size_t per = nb == 0 ? 0 : (etas.size() + nb - 1) / nb;  // balanced block sizes
+      const size_t nblocks = per == 0 ? 0 : (etas.size() + per - 1) / per;
+      const size_t nthreads = static_cast<size_t>(std::max(1, threads));
+      // with fewer blocks than threads, split further so that every thread has work
+      const size_t chunks = std::max(nblocks, std::min(nthreads, etas.size()));
+      parallel_for(chunks, threads, [&](size_t k) {
+        const size_t lo = etas.size() * k / chunks, hi = etas.size() * (k + 1) / chunks;
+        if (hi <= lo) return;
+        if (opt.valid && !p.has_valid()) throw std::invalid_argument("on='valid' needs a task with a validation set");
+        std::vector<Outcome> part = forward_batch(p, etas.data() + lo, static_cast<Index>(hi - lo), opt);
+        for (size_t i = lo; i < hi; ++i) out[i] = std::move(part[i - lo]);
+      });
+      return out;
+    }
+  }
   parallel_for(etas.size(), threads, [&](size_t i) {
     StepSizes<S> st;
     st.eta = etas[i];

@@ -1,16 +1,18 @@
 // Fused dense products for the inner loop (issue 8).
 //
-// One GD step of forward mode needs H r and H v; reverse mode needs H r. DenseOp reads the
-// matrix once per step for both columns, with explicit SIMD (Eigen's packet layer: AVX-512,
-// AVX2 or SSE, whatever the build targets) and fused multiply-adds. For float and double the
-// matrix is kept as a column-major copy whose leading dimension is padded to a whole number
-// of packets, so that every load is a full packet.
+// A GD step needs H r (reverse mode), H r and H v together (forward mode), or H [R V] for a
+// whole batch of step sizes. DenseOp keeps, for float and double, a copy of the matrix packed
+// once into row panels, each stored column after column (panel p, column k: PR consecutive
+// rows), so that every product streams the matrix contiguously and in full SIMD packets
+// (Eigen's packet layer: AVX-512, AVX2 or SSE, whatever the build targets), with explicit fused
+// multiply-adds and all accumulators in registers.
 //
-// Every output entry is the same chain o_i = fma(A_i,n-1 x_n-1, ... fma(A_i,0 x_0, 0)) with j
-// ascending, whichever loop order is used (register-blocked rows for matrices that stay in
-// cache, column streaming for large ones) and whether one or two columns are computed: the
-// iterates of forward, reverse and checkpoint mode are bit-identical, and results do not depend
-// on the thread count. Other scalar types (long double, quad, mp) use Eigen's products.
+// Every output entry is the same chain o_i = fma(A_i,n-1 x_n-1, ... fma(A_i,0 x_0, 0)) with the
+// column index ascending, whichever kernel computes it (one product, two, or a batch of any
+// width) and however the work is split between threads: the iterates of forward, reverse and
+// checkpoint mode are bit-identical, a batch gives the same bits as one step size at a time,
+// and nothing depends on the thread count. Other scalar types (long double, quad, mp) use
+// Eigen's products on the original matrix.
 #pragma once
 #include <Eigen/Core>
 #include <algorithm>
@@ -22,6 +24,10 @@
 namespace metastep {
 namespace kernels {
 
+// Column-major matrix (a batch of vectors, one per column).
+template <class S>
+using ColMat = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+
 template <class S>
 inline constexpr bool simd_scalar = std::is_same_v<S, float> || std::is_same_v<S, double>;
 
@@ -31,8 +37,9 @@ template <class S>
 using Packet = typename Eigen::internal::packet_traits<S>::type;
 template <class S>
 inline constexpr int packet_size = Eigen::internal::unpacket_traits<Packet<S>>::size;
+// packets per row panel
+inline constexpr int kPanelPackets = 3;
 
-// Store the first `count` lanes of p at dst.
 template <class S, class P>
 inline void store_lanes(S* dst, const P& p, Index count) {
   alignas(64) S tmp[packet_size<S>];
@@ -40,73 +47,49 @@ inline void store_lanes(S* dst, const P& p, Index count) {
   for (Index q = 0; q < count; ++q) dst[q] = tmp[q];
 }
 
-// Rows [i, i + RB*PS) of K products, accumulators in registers, columns streamed.
-template <class S, int K, int RB>
-inline void row_block(const S* A, Index ld, Index rows, Index cols, Index i, const S* const* x, S* const* out) {
+// NP panels of RB packets each (panel q at A + q * pstride, rows row0 + q * prow) and, when
+// RBX > 0, one narrower panel of RBX packets at AX (rows from rowx), against KC columns of x
+// (x[c][k]); outputs out[c][i] for rows i < rows only. Keeping the narrow last panel in the
+// same pass as full ones gives every pass enough independent accumulators to hide the latency
+// of the fused multiply-add.
+template <class S, int NP, int RB, int RBX, int KC>
+EIGEN_DONT_INLINE void tile(const S* A, Index pstride, const S* AX, Index cols, const S* const* x, S* const* out, Index row0,
+                 Index prow, Index rowx, Index rows) {
   using P = Packet<S>;
   constexpr int PS = packet_size<S>;
-  P acc[K][RB];
-  for (int k = 0; k < K; ++k)
-    for (int r = 0; r < RB; ++r) acc[k][r] = Eigen::internal::pset1<P>(S(0));
-  const S* col = A + i;
-  for (Index j = 0; j < cols; ++j, col += ld) {
-    P xb[K];
-    for (int k = 0; k < K; ++k) xb[k] = Eigen::internal::pset1<P>(x[k][j]);
-    for (int r = 0; r < RB; ++r) {
-      const P h = Eigen::internal::ploadu<P>(col + r * PS);
-      for (int k = 0; k < K; ++k) acc[k][r] = Eigen::internal::pmadd(h, xb[k], acc[k][r]);
-    }
-  }
-  for (int r = 0; r < RB; ++r) {
-    const Index at = i + r * PS;
-    if (at >= rows) break;
-    for (int k = 0; k < K; ++k) {
-      if (at + PS <= rows) Eigen::internal::pstoreu(out[k] + at, acc[k][r]);
-      else store_lanes(out[k] + at, acc[k][r], rows - at);
-    }
-  }
-}
-
-// Column streaming: accumulators in memory (scratch of length ld per product), four columns
-// per pass over the accumulators. The order of the fused multiply-adds for each entry is the
-// same as in row_block.
-template <class S, int K>
-inline void column_stream(const S* A, Index ld, Index rows, Index cols, const S* const* x, S* const* out,
-                          S* scratch) {
-  using P = Packet<S>;
-  constexpr int PS = packet_size<S>;
-  S* acc[K];
-  for (int k = 0; k < K; ++k) {
-    acc[k] = scratch + k * ld;
-    std::fill(acc[k], acc[k] + ld, S(0));
-  }
-  Index j = 0;
-  for (; j + 4 <= cols; j += 4) {
-    const S* c = A + j * ld;
-    P xb[K][4];
-    for (int k = 0; k < K; ++k)
-      for (int q = 0; q < 4; ++q) xb[k][q] = Eigen::internal::pset1<P>(x[k][j + q]);
-    for (Index i = 0; i < ld; i += PS) {
-      P s[K];
-      for (int k = 0; k < K; ++k) s[k] = Eigen::internal::ploadu<P>(acc[k] + i);
-      for (int q = 0; q < 4; ++q) {
-        const P h = Eigen::internal::ploadu<P>(c + q * ld + i);
-        for (int k = 0; k < K; ++k) s[k] = Eigen::internal::pmadd(h, xb[k][q], s[k]);
+  constexpr int NX = RBX > 0 ? RBX : 1;
+  P acc[NP > 0 ? NP : 1][RB][KC];
+  P accx[NX][KC];
+  for (int q = 0; q < NP; ++q)
+    for (int r = 0; r < RB; ++r)
+      for (int c = 0; c < KC; ++c) acc[q][r][c] = Eigen::internal::pset1<P>(S(0));
+  for (int r = 0; r < RBX; ++r)
+    for (int c = 0; c < KC; ++c) accx[r][c] = Eigen::internal::pset1<P>(S(0));
+  const S* a = A;
+  const S* ax = AX;
+  for (Index k = 0; k < cols; ++k, a += RB * PS, ax += RBX * PS) {
+    P xb[KC];
+    for (int c = 0; c < KC; ++c) xb[c] = Eigen::internal::pset1<P>(x[c][k]);
+    for (int q = 0; q < NP; ++q)
+      for (int r = 0; r < RB; ++r) {
+        const P h = Eigen::internal::ploadu<P>(a + q * pstride + r * PS);
+        for (int c = 0; c < KC; ++c) acc[q][r][c] = Eigen::internal::pmadd(h, xb[c], acc[q][r][c]);
       }
-      for (int k = 0; k < K; ++k) Eigen::internal::pstoreu(acc[k] + i, s[k]);
+    for (int r = 0; r < RBX; ++r) {
+      const P h = Eigen::internal::ploadu<P>(ax + r * PS);
+      for (int c = 0; c < KC; ++c) accx[r][c] = Eigen::internal::pmadd(h, xb[c], accx[r][c]);
     }
   }
-  for (; j < cols; ++j) {
-    const S* c = A + j * ld;
-    P xb[K];
-    for (int k = 0; k < K; ++k) xb[k] = Eigen::internal::pset1<P>(x[k][j]);
-    for (Index i = 0; i < ld; i += PS) {
-      const P h = Eigen::internal::ploadu<P>(c + i);
-      for (int k = 0; k < K; ++k)
-        Eigen::internal::pstoreu(acc[k] + i, Eigen::internal::pmadd(h, xb[k], Eigen::internal::ploadu<P>(acc[k] + i)));
-    }
-  }
-  for (int k = 0; k < K; ++k) std::copy(acc[k], acc[k] + rows, out[k]);
+  auto put = [&](const P& v, Index at, int c) {
+    if (at >= rows) return;
+    if (at + PS <= rows) Eigen::internal::pstoreu(out[c] + at, v);
+    else store_lanes(out[c] + at, v, rows - at);
+  };
+  for (int q = 0; q < NP; ++q)
+    for (int r = 0; r < RB; ++r)
+      for (int c = 0; c < KC; ++c) put(acc[q][r][c], row0 + q * prow + r * PS, c);
+  for (int r = 0; r < RBX; ++r)
+    for (int c = 0; c < KC; ++c) put(accx[r][c], rowx + r * PS, c);
 }
 
 }  // namespace detail
@@ -118,44 +101,43 @@ class DenseOp {
   DenseOp() = default;
   explicit DenseOp(const Mat<S>& A) : rows_(A.rows()), cols_(A.cols()) {
     if constexpr (simd_scalar<S>) {
-      constexpr Index PS = detail::packet_size<S>;
-      ld_ = (rows_ + PS - 1) / PS * PS;
-      data_.assign(static_cast<size_t>(ld_ * cols_), S(0));
-      for (Index j = 0; j < cols_; ++j)
-        for (Index i = 0; i < rows_; ++i) data_[static_cast<size_t>(j * ld_ + i)] = A(i, j);
-      // beyond about 1 MiB the matrix leaves the core's private cache: stream it by columns
-      stream_ = static_cast<double>(ld_) * static_cast<double>(cols_) * sizeof(S) > 1024.0 * 1024.0;
+      constexpr Index PS = detail::packet_size<S>, PR = detail::kPanelPackets * PS;
+      const Index padded = (rows_ + PS - 1) / PS * PS;
+      full_panels_ = padded / PR;
+      last_packets_ = (padded - full_panels_ * PR) / PS;  // 0 .. kPanelPackets - 1
+      data_.assign(static_cast<size_t>(padded * cols_), S(0));
+      // panel p occupies [p * PR * cols, (p + 1) * PR * cols); the last, narrower panel follows
+      for (Index i = 0; i < rows_; ++i) {
+        const Index p = i / PR, within = i % PR, width = p < full_panels_ ? PR : last_packets_ * PS;
+        S* base = data_.data() + p * PR * cols_;
+        for (Index j = 0; j < cols_; ++j) base[j * width + within] = A(i, j);
+      }
     }
   }
   Index rows() const { return rows_; }
   Index cols() const { return cols_; }
-  // Scratch the products need (per thread): put it in the caller's workspace.
-  Index scratch_size(int k) const { return simd_scalar<S> && stream_ ? k * ld_ : 0; }
 
   // out = A x (x of length cols, out of length rows). `A` is the matrix this operator was made
   // from (used directly by the types without a SIMD path, which keep no copy).
-  void apply(const Mat<S>& A, const Vec<S>& x, Vec<S>& out, std::vector<S>& scratch) const {
+  void apply(const Mat<S>& A, const Vec<S>& x, Vec<S>& out) const {
     out.resize(rows_);
     if constexpr (simd_scalar<S>) {
       const S* xs[1] = {x.data()};
       S* os[1] = {out.data()};
-      run<1>(xs, os, scratch);
+      run<1>(xs, os);
     } else {
-      (void)scratch;
       out.noalias() = A * x;
     }
   }
   // o0 = A x0 and o1 = A x1 in one pass over A.
-  void apply2(const Mat<S>& A, const Vec<S>& x0, const Vec<S>& x1, Vec<S>& o0, Vec<S>& o1,
-              std::vector<S>& scratch) const {
+  void apply2(const Mat<S>& A, const Vec<S>& x0, const Vec<S>& x1, Vec<S>& o0, Vec<S>& o1) const {
     o0.resize(rows_);
     o1.resize(rows_);
     if constexpr (simd_scalar<S>) {
       const S* xs[2] = {x0.data(), x1.data()};
       S* os[2] = {o0.data(), o1.data()};
-      run<2>(xs, os, scratch);
+      run<2>(xs, os);
     } else {
-      (void)scratch;
       Mat<S> in(cols_, 2);
       in.col(0) = x0;
       in.col(1) = x1;
@@ -164,25 +146,71 @@ class DenseOp {
       o1 = out.col(1);
     }
   }
-
- private:
-  template <int K>
-  void run(const S* const* x, S* const* out, std::vector<S>& scratch) const {
-    constexpr Index PS = detail::packet_size<S>;
-    const S* A = data_.data();
-    if (stream_) {
-      if (scratch.size() < static_cast<size_t>(K * ld_)) scratch.resize(static_cast<size_t>(K * ld_));
-      detail::column_stream<S, K>(A, ld_, rows_, cols_, x, out, scratch.data());
-      return;
+  // out.col(c) = A X.col(c) for every column of X (a batch), each row panel streamed once for
+  // every eight columns.
+  void apply_many(const Mat<S>& A, const ColMat<S>& X, ColMat<S>& out) const {
+    if (out.rows() != rows_ || out.cols() != X.cols()) out.resize(rows_, X.cols());
+    if constexpr (simd_scalar<S>) {
+      apply_many(X.data(), X.rows(), X.cols(), out.data(), out.rows());
+    } else {
+      out.noalias() = A * X;
     }
-    constexpr int RB = K == 1 ? 8 : 6;
-    Index i = 0;
-    for (; i + RB * PS <= ld_; i += RB * PS) detail::row_block<S, K, RB>(A, ld_, rows_, cols_, i, x, out);
-    for (; i < ld_; i += PS) detail::row_block<S, K, 1>(A, ld_, rows_, cols_, i, x, out);
+  }
+  // The same on raw column-major storage: n columns of length cols() at X + c * ldx, results
+  // (length rows()) at out + c * ldo. Only for float and double.
+  void apply_many(const S* X, Index ldx, Index n, S* out, Index ldo) const {
+    static_assert(simd_scalar<S>, "raw batched products exist for float and double only");
+    constexpr int KC = 8;
+    std::vector<const S*> xs(static_cast<size_t>(n));
+    std::vector<S*> os(static_cast<size_t>(n));
+    for (Index c = 0; c < n; ++c) {
+      xs[static_cast<size_t>(c)] = X + c * ldx;
+      os[static_cast<size_t>(c)] = out + c * ldo;
+    }
+    Index c = 0;
+    for (; c + KC <= n; c += KC) run<KC>(xs.data() + c, os.data() + c);
+    switch (n - c) {
+      case 0: break;
+      case 1: run<1>(xs.data() + c, os.data() + c); break;
+      case 2: run<2>(xs.data() + c, os.data() + c); break;
+      case 3: run<3>(xs.data() + c, os.data() + c); break;
+      case 4: run<4>(xs.data() + c, os.data() + c); break;
+      case 5: run<5>(xs.data() + c, os.data() + c); break;
+      case 6: run<6>(xs.data() + c, os.data() + c); break;
+      default: run<7>(xs.data() + c, os.data() + c); break;
+    }
   }
 
-  Index rows_ = 0, cols_ = 0, ld_ = 0;
-  bool stream_ = false;
+ private:
+  // K products, one full panel per pass (more panels per pass measured slower: the loads of
+  // several streams and the register pressure outweigh the extra independent accumulators);
+  // the narrow last panel joins the final pass.
+  template <int K>
+  void run(const S* const* x, S* const* out) const {
+    constexpr Index PR = detail::kPanelPackets * detail::packet_size<S>;
+    constexpr int RBF = detail::kPanelPackets;
+    const Index pstride = PR * cols_;
+    const S* A = data_.data();
+    const S* AX = A + full_panels_ * pstride;  // the narrow last panel
+    const Index rowx = full_panels_ * PR;
+    const Index last_full = last_packets_ > 0 && full_panels_ > 0 ? full_panels_ - 1 : full_panels_;
+    for (Index p = 0; p < last_full; ++p)
+      detail::tile<S, 1, RBF, 0, K>(A + p * pstride, pstride, AX, cols_, x, out, p * PR, PR, rowx, rows_);
+    if (last_packets_ == 0) return;
+    const Index p = last_full;
+    if (full_panels_ > 0) {
+      if (last_packets_ == 1)
+        detail::tile<S, 1, RBF, 1, K>(A + p * pstride, pstride, AX, cols_, x, out, p * PR, PR, rowx, rows_);
+      else
+        detail::tile<S, 1, RBF, 2, K>(A + p * pstride, pstride, AX, cols_, x, out, p * PR, PR, rowx, rows_);
+    } else {
+      if (last_packets_ == 1) detail::tile<S, 0, RBF, 1, K>(A, pstride, AX, cols_, x, out, 0, PR, rowx, rows_);
+      else detail::tile<S, 0, RBF, 2, K>(A, pstride, AX, cols_, x, out, 0, PR, rowx, rows_);
+    }
+  }
+
+  Index rows_ = 0, cols_ = 0;
+  Index full_panels_ = 0, last_packets_ = 0;
   std::vector<S, Eigen::aligned_allocator<S>> data_;
 };
 

@@ -10,6 +10,7 @@
 // space lives in a Workspace created per run.
 #pragma once
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -34,21 +35,34 @@ struct Workspace {
   std::vector<Scalar> scratch;  // accumulators of the fused products
 };
 
-template <class Scalar>
-inline Scalar maxabs(const Vec<Scalar>& v) {
-  Scalar m = 0;
-  for (Index i = 0; i < v.size(); ++i) {
-    const Scalar a = sm::abs(v[i]);
-    if (!(a <= m)) m = a;  // propagates NaN
+template <class Derived, class Scalar = typename Derived::Scalar>
+inline Scalar maxabs(const Eigen::MatrixBase<Derived>& v) {
+  if constexpr (kernels::simd_scalar<Scalar>) {
+    // vectorised; a NaN anywhere makes the result NaN
+    if (v.size() == 0) return Scalar(0);
+    return v.cwiseAbs().template maxCoeff<Eigen::PropagateNaN>();
+  } else {
+    Scalar m = 0;
+    for (Index i = 0; i < v.size(); ++i) {
+      const Scalar a = sm::abs(v[i]);
+      if (!(a <= m)) m = a;  // propagates NaN
+    }
+    return m;
   }
-  return m;
 }
 
-// Euclidean norm that cannot overflow or underflow (scaled by the largest entry).
-template <class Scalar>
-inline Scalar safe_norm(const Vec<Scalar>& v) {
+// Euclidean norm that cannot overflow or underflow (scaled by the largest entry). Where the
+// largest entry m is far enough from both ends of the range (d m^2 finite, m^2 eps^2 normal)
+// the plain sum of squares is already safe and is used.
+template <class Derived, class Scalar = typename Derived::Scalar>
+inline Scalar safe_norm(const Eigen::MatrixBase<Derived>& v) {
   const Scalar m = maxabs(v);
   if (!(m > Scalar(0)) || !sm::isfinite(m)) return m;
+  if constexpr (kernels::simd_scalar<Scalar>) {
+    const Scalar hi = std::sqrt(std::numeric_limits<Scalar>::max() / Scalar(v.size() + 1));
+    const Scalar lo = std::sqrt(std::numeric_limits<Scalar>::min()) / std::numeric_limits<Scalar>::epsilon();
+    if (m < hi && m > lo) return std::sqrt(v.squaredNorm());
+  }
   Scalar s = 0;
   for (Index i = 0; i < v.size(); ++i) {
     const Scalar x = v[i] / m;
@@ -79,10 +93,14 @@ class Quadratic {
   bool has_valid() const { return false; }
 
   bool has_offset() const { return ws_scale_ > S(0); }
+  // For engines that form the residual r = w - off w* themselves (in ws.r) and multiply by H
+  // with op(): the same bookkeeping as an evaluation here (residual size, rounding error).
+  void note(Workspace<S>& ws, S off = S(1)) const { note_residual(ws, off); }
+  const kernels::DenseOp<S>& op() const { return op_; }
   S value_grad(const Vec<S>& w, Vec<S>& g, Workspace<S>& ws, S off = S(1)) const {
     if (off == S(1)) ws.r = w - ws_;
     else ws.r = w - off * ws_;
-    op_.apply(H_, ws.r, g, ws.scratch);
+    op_.apply(H_, ws.r, g);
     note_residual(ws, off);
     return S(0.5) * ws.r.dot(g);
   }
@@ -90,7 +108,7 @@ class Quadratic {
                    S off = S(1)) const {
     if (off == S(1)) ws.r = w - ws_;
     else ws.r = w - off * ws_;
-    op_.apply2(H_, ws.r, v, g, hv, ws.scratch);
+    op_.apply2(H_, ws.r, v, g, hv);
     note_residual(ws, off);
     return S(0.5) * ws.r.dot(g);
   }
