@@ -119,15 +119,21 @@ class Quadratic {
   }
 
  private:
-  void note_residual(Workspace<S>& ws, S off) const {
-    ws.residual_maxabs = maxabs(ws.r);
+  void note_residual(Workspace<S>& ws, S off) const { note_stats(ws, maxabs(ws.r), ws.r.norm(), off); }
+
+ public:
+  // The same from the residual's largest entry and norm, computed by the caller.
+  void note_stats(Workspace<S>& ws, S rmax, S rnorm, S off = S(1)) const {
+    ws.residual_maxabs = rmax;
     // (H e)_i = <H_i, e> computed with an error of about eps ||H_i|| ||e|| (plus the rounding
     // of e = w - w* itself, eps |w*| per entry).
-    ws.grad_err = sm::epsilon<S>() * row_norm_ * (ws.r.norm() + sm::sqrt(S(dim())) * ws_scale_ * off);
+    ws.grad_err = sm::epsilon<S>() * row_norm_ * (rnorm + sm::sqrt(S(dim())) * ws_scale_ * off);
     // w - w* cancels when w approaches a non-zero w*: its relative error is about
     // eps * max|w*| / max|w - w*|. Beyond sqrt(eps) the loss has lost half its digits.
     ws.cancellation = ws_scale_ > S(0) && ws.residual_maxabs < sm::sqrt(sm::epsilon<S>()) * ws_scale_ * off;
   }
+
+ private:
   Mat<S> H_;
   kernels::DenseOp<S> op_;
   Vec<S> w0_, ws_;

@@ -69,12 +69,68 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
 
 namespace metastep {
 
+namespace detail {
+
+// Largest magnitude (NaN if any entry is NaN) and sum of squares of a column.
+template <class S>
+struct ColStats {
+  S max = 0, sum2 = 0;
+};
+
+// The per-column work of one forward step after the product, in one pass over the column:
+// returns <r, g> for the current residual r, then updates w -= e g, v -= g + e hv, writes the
+// next residual r = w - w*, and gathers the magnitudes of the new w, v and r.
+template <class S>
+S fused_forward_update(S* w, S* v, S* r, const S* g, const S* hv, const S* wstar, Index d, S e, ColStats<S>& ws_,
+                       ColStats<S>& vs_, ColStats<S>& rs_) {
+  using namespace Eigen::internal;
+  using P = kernels::detail::Packet<S>;
+  constexpr Index PS = kernels::detail::packet_size<S>;
+  const P pe = pset1<P>(e), zero = pset1<P>(S(0));
+  P dot = zero, wmax = zero, vmax = zero, rmax = zero, vs = zero, rs = zero;
+  Index i = 0;
+  for (; i + PS <= d; i += PS) {
+    const P ri = ploadu<P>(r + i), gi = ploadu<P>(g + i), hi = ploadu<P>(hv + i);
+    dot = pmadd(ri, gi, dot);
+    const P wn = psub(ploadu<P>(w + i), pmul(pe, gi));
+    const P vn = psub(ploadu<P>(v + i), padd(gi, pmul(pe, hi)));
+    const P rn = psub(wn, ploadu<P>(wstar + i));
+    pstoreu(w + i, wn);
+    pstoreu(v + i, vn);
+    pstoreu(r + i, rn);
+    wmax = pmax<Eigen::PropagateNaN>(wmax, pabs(wn));
+    vmax = pmax<Eigen::PropagateNaN>(vmax, pabs(vn));
+    rmax = pmax<Eigen::PropagateNaN>(rmax, pabs(rn));
+    vs = pmadd(vn, vn, vs);
+    rs = pmadd(rn, rn, rs);
+  }
+  S sdot = predux(dot), swm = predux_max<Eigen::PropagateNaN>(wmax), svm = predux_max<Eigen::PropagateNaN>(vmax),
+    srm = predux_max<Eigen::PropagateNaN>(rmax), svs = predux(vs), srs = predux(rs);
+  auto mx = [](S m, S a) { return (a <= m) ? m : a; };  // NaN wins
+  for (; i < d; ++i) {
+    sdot += r[i] * g[i];
+    w[i] -= e * g[i];
+    v[i] -= g[i] + e * hv[i];
+    r[i] = w[i] - wstar[i];
+    swm = mx(swm, std::abs(w[i]));
+    svm = mx(svm, std::abs(v[i]));
+    srm = mx(srm, std::abs(r[i]));
+    svs += v[i] * v[i];
+    srs += r[i] * r[i];
+  }
+  ws_.max = swm;
+  vs_ = {svm, svs};
+  rs_ = {srm, srs};
+  return sdot;
+}
+
+}  // namespace detail
+
 // Forward mode for a batch of constant step sizes on a quadratic, float or double: every
 // iterate and tangent of the batch advances together, so each step streams H once for all of
-// them (kernels::DenseOp::apply_many on the 2m columns [w_j - w*, v_j]). Each column goes
-// through exactly the operations of a single run, on columns aligned like a lone vector, and
-// the products are the same fused chains: a step size gives the same bits alone, in any batch
-// and on any thread (one step size is simply a batch of one).
+// them (kernels::DenseOp::apply_many on the 2m columns [w_j - w*, v_j]); the rest of a step is
+// one fused pass per column. A step size gives the same bits alone, in any batch and on any
+// thread (one step size is simply a batch of one, and the columns never mix).
 template <class S>
 std::vector<Outcome> forward_batch(const Quadratic<S>& p, const S* etas, Index m, const MetaOptions& opt) {
   static_assert(kernels::simd_scalar<S>, "the batched engine serves float and double");
@@ -87,59 +143,65 @@ std::vector<Outcome> forward_batch(const Quadratic<S>& p, const S* etas, Index m
   W.setZero();
   IN.setZero();
   OUT.setZero();
-  std::vector<Diagnostics> diag(static_cast<size_t>(m));
-  std::vector<double> vrel2(static_cast<size_t>(m), 0.0);
-  std::vector<char> w_nonzero(static_cast<size_t>(m), 0), v_nonzero(static_cast<size_t>(m), 0);
-  for (Index j = 0; j < m; ++j) Col(W.col(j).data(), d) = p.w0();
+  const size_t mu = static_cast<size_t>(m);
+  std::vector<Diagnostics> diag(mu);
+  std::vector<double> vrel2(mu, 0.0);
+  std::vector<char> w_nonzero(mu, 0), v_nonzero(mu, 0);
+  std::vector<detail::ColStats<S>> wst(mu), vst(mu), rst(mu);  // of the current w, v, r
+  for (Index j = 0; j < m; ++j) {
+    const size_t u = static_cast<size_t>(j);
+    Col w(W.col(j).data(), d), r(IN.col(j).data(), d);
+    w = p.w0();
+    r = w - wstar;
+    wst[u].max = maxabs(w);
+    rst[u] = {maxabs(r), r.squaredNorm()};
+  }
   Workspace<S> ws;
-  ws.r.resize(d);
   const double sqrt_d = std::sqrt(double(d));
   const double eps2 = sm::to_double(sm::epsilon<S>()) * sm::to_double(sm::epsilon<S>());
-  auto residuals = [&] {
-    for (Index j = 0; j < m; ++j) Col(IN.col(j).data(), d) = Col(W.col(j).data(), d) - wstar;
-  };
+  const S safe_hi = std::sqrt(std::numeric_limits<S>::max() / S(d + 1));
+  const S safe_lo = std::sqrt(std::numeric_limits<S>::min()) / std::numeric_limits<S>::epsilon();
   for (Steps tau = 0; tau < t; ++tau) {
-    residuals();
     p.op().apply_many(IN.data(), ld, 2 * m, OUT.data(), ld);
     ws.tau = tau;
     for (Index j = 0; j < m; ++j) {
       const size_t u = static_cast<size_t>(j);
       Diagnostics& dg = diag[u];
-      Col w(W.col(j).data(), d), v(IN.col(m + j).data(), d), g(OUT.col(j).data(), d), hv(OUT.col(m + j).data(), d);
-      ws.r = Col(IN.col(j).data(), d);
-      p.note(ws);
-      const S f = S(0.5) * ws.r.dot(g);
-      note_loss(dg, Quantity::loss, f, ws, tau);
-      const S wmax = maxabs(w), vmax = maxabs(v);
+      p.note_stats(ws, rst[u].max, std::sqrt(rst[u].sum2));
+      const S wmax = wst[u].max, vmax = vst[u].max;
+      detail::ColStats<S> wn, vn, rn;
+      const S dot = detail::fused_forward_update(W.col(j).data(), IN.col(m + j).data(), IN.col(j).data(),
+                                                 OUT.col(j).data(), OUT.col(m + j).data(), wstar.data(), d, etas[j],
+                                                 wn, vn, rn);
+      note_loss(dg, Quantity::loss, S(0.5) * dot, ws, tau);
       dg.check_vector(Quantity::iterate, wmax, w_nonzero[u], tau);
       dg.check_vector(Quantity::tangent, vmax, v_nonzero[u], tau);
       w_nonzero[u] = wmax != S(0);
       v_nonzero[u] = vmax != S(0);
-      const S e = etas[j];
-      w -= e * g;
-      v -= g + e * hv;
       // rounding error carried by the tangent, as in forward_mode
-      const S vn = safe_norm(v);
-      if (vn > S(0)) {
-        double r = static_cast<double>(ws.grad_err) * sqrt_d / static_cast<double>(vn);
-        if (!std::isfinite(r * r)) r = std::exp(sm::log_abs(ws.grad_err) + std::log(sqrt_d) - sm::log_abs(vn));
-        vrel2[u] += r * r + eps2;
+      const S vnorm = (vn.max < safe_hi && vn.max > safe_lo) ? std::sqrt(vn.sum2)
+                                                              : safe_norm(Col(IN.col(m + j).data(), d));
+      if (vnorm > S(0)) {
+        double rr = static_cast<double>(ws.grad_err) * sqrt_d / static_cast<double>(vnorm);
+        if (!std::isfinite(rr * rr)) rr = std::exp(sm::log_abs(ws.grad_err) + std::log(sqrt_d) - sm::log_abs(vnorm));
+        vrel2[u] += rr * rr + eps2;
       }
+      wst[u] = wn;
+      vst[u] = vn;
+      rst[u] = rn;
     }
   }
   // meta-loss M = f(w_t) and its gradient H (w_t - w*), then dM/deta = <grad M, v_t>
-  residuals();
   p.op().apply_many(IN.data(), ld, m, OUT.data(), ld);
-  std::vector<Outcome> out(static_cast<size_t>(m));
+  std::vector<Outcome> out(mu);
   for (Index j = 0; j < m; ++j) {
     const size_t u = static_cast<size_t>(j);
     Diagnostics& dg = diag[u];
-    Col w(W.col(j).data(), d), v(IN.col(m + j).data(), d), gM(OUT.col(j).data(), d);
-    dg.check_vector(Quantity::iterate, maxabs(w), w_nonzero[u], t);
-    dg.check_vector(Quantity::tangent, maxabs(v), v_nonzero[u], t);
-    ws.r = Col(IN.col(j).data(), d);
-    p.note(ws);
-    const S M = S(0.5) * ws.r.dot(gM);
+    Col v(IN.col(m + j).data(), d), gM(OUT.col(j).data(), d), r(IN.col(j).data(), d);
+    dg.check_vector(Quantity::iterate, wst[u].max, w_nonzero[u], t);
+    dg.check_vector(Quantity::tangent, vst[u].max, v_nonzero[u], t);
+    p.note_stats(ws, rst[u].max, std::sqrt(rst[u].sum2));
+    const S M = S(0.5) * r.dot(gM);
     note_loss(dg, Quantity::meta_loss, M, ws, t);
     const S dM = gM.dot(v);
     dg.forward_steps = t;
