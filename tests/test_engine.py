@@ -80,3 +80,66 @@ def test_nonzero_minimiser_and_zero_start():
     fwd = ms.metagrad(q, etas, 90, mode="forward")
     ex = ms.metagrad(q, etas, 90, mode="exact", dtype="longdouble")
     np.testing.assert_allclose(fwd.grad, ex.grad, rtol=1e-11)
+
+
+# --- exact mode without refinement (tridiagonalisation + QL on one vector, double evaluation) ---
+
+@pytest.mark.parametrize("d", [1, 2, 9, 60])
+def test_unrefined_exact_matches_refined(d):
+    q = _quad(d, seed=300 + d)
+    etas = np.linspace(0.02, 1.98, 40) / q.L  # (eta lambda = 1 exactly is tested below)
+    for t in (1, 7, 300):
+        for objective in ("final", "log"):
+            fast = ms.metagrad(q, etas, t, mode="exact", refine=False, objective=objective)
+            ref = ms.metagrad(q, etas, t, mode="exact", objective=objective, dtype="longdouble")
+            # the unrefined eigenvalues carry ~eps ||H||, amplified by about 2 t eta / |1 - eta lambda|
+            # (at eta lambda = 1 exactly the term vanishes: 0 here, a rounding residue in long double)
+            tol = 1e-13 * (1 + t) * d
+            np.testing.assert_allclose(fast.grad, ref.grad, rtol=tol, atol=tol * np.max(np.abs(ref.grad)))
+            np.testing.assert_allclose(fast.value, ref.value, rtol=tol, atol=tol * np.max(np.abs(ref.value)))
+            big = np.abs(ref.grad) > tol * np.max(np.abs(ref.grad))
+            assert np.all(fast.sign_grad[big] == ref.sign_grad[big])
+
+
+def test_unrefined_spectrum_is_the_spectrum():
+    q = _quad(50, seed=11)
+    sp = q._fast_spectrum("float64")
+    lam = np.sort(np.linalg.eigvalsh(q.H))
+    np.testing.assert_allclose(np.sort(sp.eigenvalues), lam[lam > 0], rtol=1e-10, atol=1e-12 * lam[-1])
+    assert sp.L == pytest.approx(lam[-1], rel=1e-12)
+
+
+def test_unrefined_exact_large_t_log_form():
+    # far outside the stable range at t = 10^6: the log form stays finite and agrees
+    q = ms.Quadratic(np.diag(np.geomspace(0.01, 1.0, 30)), np.ones(30))
+    etas = np.array([0.5, 1.5, 2.5])
+    fast = ms.metagrad(q, etas, 10**6, mode="exact", refine=False, objective="log")
+    ref = ms.metagrad(q, etas, 10**6, mode="exact", objective="log", dtype="longdouble")
+    np.testing.assert_allclose(fast.grad, ref.grad, rtol=1e-8)
+    assert np.all(np.isfinite(fast.log_abs_grad))
+
+
+def test_unrefined_exact_repeated_eigenvalues_and_zero_weights():
+    H = np.diag([1.0, 1.0, 1.0, 0.5, 0.5, 0.0])
+    w0 = np.array([1.0, 0.0, 2.0, 0.0, 0.0, 3.0])  # zero weights on two directions, a flat direction
+    q = ms.Quadratic(H, w0)
+    etas = np.array([0.3, 1.2])
+    fast = ms.metagrad(q, etas, 25, mode="exact", refine=False)
+    ref = ms.metagrad(q, etas, 25, mode="exact", dtype="longdouble")
+    np.testing.assert_allclose(fast.grad, ref.grad, rtol=1e-13)
+    # eta lambda = 1 exactly on every moving direction: w_t = w* after one step
+    one = ms.metagrad(ms.Quadratic(np.eye(3), np.ones(3)), 1.0, 5, mode="exact", refine=False)
+    assert one.value == 0.0 and one.grad == 0.0
+
+
+def test_unrefined_exact_rejects_what_it_does_not_cover():
+    q = _quad(5, seed=1)
+    ls = ms.random_least_squares(5, 8, 0.5, seed=1, n_valid=4)
+    with pytest.raises(ValueError, match="refine=False"):
+        ms.metagrad(ls, 0.1, 10, mode="exact", refine=False)
+    with pytest.raises(ValueError, match="refine=False"):
+        ms.metagrad(q, 0.1, 10, mode="exact", refine=False, dtype="longdouble")
+    with pytest.raises(ValueError, match="refine=False applies"):
+        ms.metagrad(q, 0.1, 10, mode="forward", refine=False)
+    with pytest.raises(TypeError, match="refine"):
+        ms.metagrad(q, 0.1, 10, mode="exact", refine="no")

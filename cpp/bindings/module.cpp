@@ -48,6 +48,27 @@ PYBIND11_MODULE(_core, m) {
         return out;
       },
       py::arg("n"), py::arg("batch_size"), py::arg("steps"), py::arg("seed"));
+  py::class_<metastep::FastSpectrum>(m, "FastSpectrum")
+      .def_property_readonly("L", [](const metastep::FastSpectrum& s) { return s.L; })
+      .def_property_readonly("alpha", [](const metastep::FastSpectrum& s) { return s.alpha; })
+      .def_property_readonly("eigenvalues", [](const metastep::FastSpectrum& s) { return s.lam; });
+  m.def(
+      "exact_fast",
+      [](const metastep::FastSpectrum& sp, const metastep::bind::F64Array& etas, metastep::Steps steps,
+         const std::string& objective, int threads) {
+        metastep::MetaOptions opt;
+        opt.objective = metastep::parse_objective(objective);
+        opt.steps = steps;
+        if (etas.ndim() != 1) throw std::invalid_argument("eta must be a 1-D array");
+        std::vector<double> es(etas.data(), etas.data() + etas.shape(0));
+        std::vector<metastep::Outcome> outs;
+        {
+          py::gil_scoped_release release;
+          outs = metastep::exact_fast_batch(sp, es, opt, threads);
+        }
+        return metastep::bind::outcomes_dict(outs);
+      },
+      py::arg("spectrum"), py::arg("etas").noconvert(), py::arg("steps"), py::arg("objective"), py::arg("threads") = 1);
   metastep::bind::register_precision<float>(m, "float32");
   metastep::bind::register_precision<double>(m, "float64");
   metastep::bind::register_precision<long double>(m, "longdouble");

@@ -145,6 +145,15 @@ void register_precision_impl(py::module_& m, const std::string& sfx) {
   bind_runs<LeastSquares<S>>(m, sfx);
   bind_sgd<S>(m, sfx);
 
+  if constexpr (kernels::simd_scalar<S>) {
+    m.def(("fast_spectrum_" + sfx).c_str(),
+          [](const Quadratic<S>& p) {
+            py::gil_scoped_release release;
+            return make_fast_spectrum(p);
+          },
+          py::arg("problem"));
+  }
+
   m.def(("exact_" + sfx).c_str(),
         [](const Spectrum<S>& sp, F64Array etas, Steps steps, const std::string& objective, bool valid, int threads) {
           MetaOptions opt;

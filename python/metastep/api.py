@@ -149,7 +149,7 @@ def _resolve_auto(problem: Problem, sched: Optional[np.ndarray], t: int, dtype: 
 def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective: str = "final",
              on: str = "train", mode: str = "auto", dtype: Any = "float64", schedule: Any = None,
              checkpoints: Any = None, batch_size: Any = None, sgd_seed: Any = 0,
-             threads: Any = None, memory_limit: Optional[int] = None) -> MetaGradResult:
+             threads: Any = None, memory_limit: Optional[int] = None, refine: bool = True) -> MetaGradResult:
     """Meta-objective of t-step GD and its derivative with respect to the step size.
 
     Parameters
@@ -190,6 +190,13 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         step size is computed by the same code whatever the count: results are bit-identical.
     memory_limit : int, optional
         Bytes a stored trajectory may take (default :data:`DEFAULT_MEMORY_LIMIT`).
+    refine : bool
+        Exact mode only. ``True`` (default): full eigen-decomposition with every eigenvalue
+        refined as a Rayleigh quotient accumulated in a wider type (O(d³) in long double), the
+        reference accuracy. ``False``: sweep speed for the training loss of a quadratic in
+        float32/float64 — eigenvalues and projections of w₀ − w* without eigenvectors
+        (tridiagonalisation, QL), evaluated in double; the eigenvalues then carry the
+        decomposition's error ε‖H‖, which the result multiplies by about 2tη/|1 − ηλ|.
 
     Returns
     -------
@@ -227,11 +234,21 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         check_range(etas, "eta", dtype)
     if mode == "exact" and batches is not None:
         raise ValueError("mode='exact' does not apply to minibatch SGD; use 'scaled', 'forward' or 'reverse'")
+    if not isinstance(refine, (bool, np.bool_)):
+        raise TypeError(f"refine must be True or False, not {type(refine).__name__}")
+    if not refine and mode != "exact":
+        raise ValueError(f"refine=False applies to mode='exact', not mode={mode!r}")
     if mode == "exact":
         if sched is not None:
             raise ValueError("mode='exact' needs a constant step size; use mode='reverse' or 'checkpoint' for schedules")
-        out = getattr(_core, f"exact_{dtype}")(problem._spectrum(dtype), etas, t, objective, on == "valid",
-                                               nthreads)
+        if refine:
+            out = getattr(_core, f"exact_{dtype}")(problem._spectrum(dtype), etas, t, objective, on == "valid",
+                                                   nthreads)
+        else:
+            if not isinstance(problem, Quadratic) or dtype not in ("float32", "float64") or on != "train":
+                raise ValueError("refine=False covers the training loss of a Quadratic in float32 or float64; "
+                                 "use refine=True for least squares, validation losses and wider precisions")
+            out = _core.exact_fast(problem._fast_spectrum(dtype), etas, t, objective, nthreads)
     else:
         if mode in ("reverse", "scaled_reverse"):
             _memory_guard(f"{mode} mode", t + 1, problem.d, dtype, memory_limit,

@@ -55,6 +55,16 @@ class _Problem:
             sp = self._spectra.setdefault(dtype, sp)
         return sp
 
+    def _fast_spectrum(self, dtype: str) -> Any:
+        """Eigenvalues and projections without eigenvectors (exact mode, refine=False)."""
+        dtype = dtype_name(dtype)
+        key = "fast_" + dtype
+        sp = self._spectra.get(key)
+        if sp is None:
+            sp = getattr(_core, f"fast_spectrum_{dtype}")(self._core(dtype))
+            sp = self._spectra.setdefault(key, sp)
+        return sp
+
     @property
     def has_valid(self) -> bool:
         return False

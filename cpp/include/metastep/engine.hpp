@@ -8,6 +8,7 @@
 
 #include "metagrad/checkpoint.hpp"
 #include "metagrad/exact.hpp"
+#include "metagrad/exact_fast.hpp"
 #include "metagrad/fd.hpp"
 #include "metagrad/forward.hpp"
 #include "metagrad/reverse.hpp"
@@ -125,6 +126,21 @@ std::vector<Outcome> exact_batch(const Spectrum<S>& sp, const std::vector<S>& et
   if (opt.valid && !sp.has_valid) throw std::invalid_argument("on='valid' needs a task with a validation set");
   std::vector<Outcome> out(etas.size());
   parallel_for(etas.size(), threads, [&](size_t i) { out[i] = exact_outcome(sp, etas[i], opt); });
+  return out;
+}
+
+inline std::vector<Outcome> exact_fast_batch(const FastSpectrum& sp, const std::vector<double>& etas,
+                                             const MetaOptions& opt, int threads = 1) {
+  if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
+  if (opt.valid) throw std::invalid_argument("the unrefined exact mode covers the training loss of a quadratic only");
+  std::vector<Outcome> out(etas.size());
+  // contiguous blocks per thread, one scratch buffer each
+  const size_t nt = std::max<size_t>(1, std::min<size_t>(etas.size(), static_cast<size_t>(std::max(1, threads))));
+  parallel_for(nt, static_cast<int>(nt), [&](size_t k) {
+    std::vector<double> buf;
+    const size_t lo = etas.size() * k / nt, hi = etas.size() * (k + 1) / nt;
+    for (size_t i = lo; i < hi; ++i) out[i] = exact_fast_outcome(sp, etas[i], opt, buf);
+  });
   return out;
 }
 
