@@ -8,7 +8,17 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['LeastSquares_float32', 'LeastSquares_float64', 'LeastSquares_longdouble', 'LeastSquares_mp', 'LeastSquares_quad', 'Quadratic_float32', 'Quadratic_float64', 'Quadratic_longdouble', 'Quadratic_mp', 'Quadratic_quad', 'Spectrum_float32', 'Spectrum_float64', 'Spectrum_longdouble', 'Spectrum_mp', 'Spectrum_quad', 'cuda_compiled', 'cuda_device_count', 'eigen_location', 'eigen_version', 'exact_float32', 'exact_float64', 'exact_longdouble', 'exact_mp', 'exact_quad', 'itemsize', 'longdouble_mantissa_bits', 'metagrad_float32', 'metagrad_float64', 'metagrad_longdouble', 'metagrad_mp', 'metagrad_quad', 'metagrad_sgd_float32', 'metagrad_sgd_float64', 'metagrad_sgd_longdouble', 'metagrad_sgd_mp', 'metagrad_sgd_quad', 'mp_bits', 'precisions', 'quad_backend', 'sgd_batches', 'spectrum_float32', 'spectrum_float64', 'spectrum_longdouble', 'spectrum_mp', 'spectrum_quad', 'unroll_float32', 'unroll_float64', 'unroll_longdouble', 'unroll_mp', 'unroll_quad', 'unroll_sgd_float32', 'unroll_sgd_float64', 'unroll_sgd_longdouble', 'unroll_sgd_mp', 'unroll_sgd_quad']
+__all__: list[str] = ['FastSpectrum', 'LeastSquares_float32', 'LeastSquares_float64', 'LeastSquares_longdouble', 'LeastSquares_mp', 'LeastSquares_quad', 'Quadratic_float32', 'Quadratic_float64', 'Quadratic_longdouble', 'Quadratic_mp', 'Quadratic_quad', 'Spectrum_float32', 'Spectrum_float64', 'Spectrum_longdouble', 'Spectrum_mp', 'Spectrum_quad', 'cuda_compiled', 'cuda_device_count', 'eigen_location', 'eigen_version', 'exact_fast', 'exact_float32', 'exact_float64', 'exact_longdouble', 'exact_mp', 'exact_quad', 'fast_spectrum_float32', 'fast_spectrum_float64', 'itemsize', 'longdouble_mantissa_bits', 'metagrad_float32', 'metagrad_float64', 'metagrad_longdouble', 'metagrad_mp', 'metagrad_quad', 'metagrad_sgd_float32', 'metagrad_sgd_float64', 'metagrad_sgd_longdouble', 'metagrad_sgd_mp', 'metagrad_sgd_quad', 'mp_bits', 'precisions', 'quad_backend', 'sgd_batches', 'spectrum_float32', 'spectrum_float64', 'spectrum_longdouble', 'spectrum_mp', 'spectrum_quad', 'unroll_float32', 'unroll_float64', 'unroll_longdouble', 'unroll_mp', 'unroll_quad', 'unroll_sgd_float32', 'unroll_sgd_float64', 'unroll_sgd_longdouble', 'unroll_sgd_mp', 'unroll_sgd_quad']
+class FastSpectrum:
+    @property
+    def L(self) -> float:
+        ...
+    @property
+    def alpha(self) -> float:
+        ...
+    @property
+    def eigenvalues(self) -> list[float]:
+        ...
 class Quadratic_float32:
     def __init__(self, H: numpy.typing.NDArray[numpy.float64], w0: numpy.typing.NDArray[numpy.float64], w_star: numpy.typing.NDArray[numpy.float64]) -> None:
         ...
@@ -151,6 +161,8 @@ class Spectrum_mp:
         ...
 def cuda_device_count() -> tuple[int, str]:
     ...
+def exact_fast(spectrum: FastSpectrum, etas: numpy.typing.NDArray[numpy.float64], steps: typing.SupportsInt | typing.SupportsIndex, objective: str, threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
+    ...
 def exact_float32(spectrum: Spectrum_float32, etas: numpy.typing.NDArray[numpy.float64], steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
     ...
 def exact_float64(spectrum: Spectrum_float64, etas: numpy.typing.NDArray[numpy.float64], steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
@@ -160,6 +172,10 @@ def exact_longdouble(spectrum: Spectrum_longdouble, etas: numpy.typing.NDArray[n
 def exact_mp(spectrum: Spectrum_mp, etas: numpy.typing.NDArray[numpy.float64], steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
     ...
 def exact_quad(spectrum: Spectrum_quad, etas: numpy.typing.NDArray[numpy.float64], steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
+    ...
+def fast_spectrum_float32(problem: Quadratic_float32) -> FastSpectrum:
+    ...
+def fast_spectrum_float64(problem: Quadratic_float64) -> FastSpectrum:
     ...
 @typing.overload
 def metagrad_float32(problem: Quadratic_float32, mode: str, etas: numpy.typing.NDArray[numpy.float64], schedule: numpy.typing.NDArray[numpy.float64] | None, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
@@ -273,12 +289,12 @@ def unroll_sgd_mp(problem: LeastSquares_mp, batches: numpy.typing.NDArray[numpy.
     ...
 def unroll_sgd_quad(problem: LeastSquares_quad, batches: numpy.typing.NDArray[numpy.int32], eta: typing.SupportsFloat | typing.SupportsIndex, schedule: numpy.typing.NDArray[numpy.float64] | None, steps: typing.SupportsInt | typing.SupportsIndex) -> dict:
     ...
-__version__: str
-cuda_compiled: bool
-eigen_location: str
-eigen_version: str
-itemsize: dict
-longdouble_mantissa_bits: int
-mp_bits: int
-precisions: tuple
-quad_backend: str
+__version__: str = '0.1.0'
+cuda_compiled: bool = False
+eigen_location: str = '/work/venv/lib/python3.11/site-packages/cmeel.prefix/include/eigen3'
+eigen_version: str = '3.4.1'
+itemsize: dict = {'float32': 4, 'float64': 8, 'longdouble': 16, 'quad': 16, 'mp': 64}
+longdouble_mantissa_bits: int = 64
+mp_bits: int = 256
+precisions: tuple = ('float32', 'float64', 'longdouble', 'quad', 'mp')
+quad_backend: str = 'gcc __float128'
