@@ -1,8 +1,20 @@
 """Benchmarks: our modes against NumPy, JAX and PyTorch (each optional) and this machine's
 roofline, side by side in one run; medians, ratios next to times, JSON output.
 
-The workload is the one the issue tracker names: forward-mode dG/dη (and F') of t-step GD on a
-dense d × d quadratic in float64, for one step size and for a batch of step sizes.
+Workload (issue 8): the derivative of f(w_t) with respect to η for t-step GD on a dense d × d
+quadratic in float64 — one step size, and a batch of 64 step sizes — plus an exact-mode sweep
+over 10,000 step sizes. Every peer runs its best idiom on one thread (the peers' thread pools
+are pinned to one thread before they are imported):
+
+* NumPy: a hand-written forward-mode loop (two matrix-vector products per step);
+* JAX: ``jit`` of ``jvp`` through ``lax.scan`` (forward mode), ``grad`` (reverse mode), and
+  ``vmap`` of the forward mode for the batch;
+* PyTorch: autograd (reverse mode) through the unrolled loop.
+
+Our modes run with ``threads=1``, except the thread-scaling rows, which repeat the batched
+cases with every core. The roofline is measured on the spot: the GEMM rate (NumPy's BLAS, one
+thread) and the matrix-vector bandwidth; the bound of a case is max(bytes of H streamed once
+per step / bandwidth, 4 d² m t flops / GEMM rate).
 """
 from __future__ import annotations
 
@@ -10,6 +22,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -17,7 +30,22 @@ import numpy as np
 
 from . import api, problems
 
-__all__ = ["run_bench", "roofline"]
+__all__ = ["run_bench", "roofline", "format_table"]
+
+
+#: Environment that pins NumPy's BLAS, JAX/XLA and PyTorch to one thread. It must be set
+#: before those libraries load: ``metastep bench`` restarts itself with it when it is missing.
+ONE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                  "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+
+
+def _pin_peers_to_one_thread() -> bool:
+    """Pin what can still be pinned (JAX before its import); True if NumPy's BLAS was pinned
+    when it loaded."""
+    for k, v in ONE_THREAD_ENV.items():
+        if k == "XLA_FLAGS" and "jax" not in sys.modules:
+            os.environ[k] = v
+    return os.environ.get("OPENBLAS_NUM_THREADS") == "1"
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -31,15 +59,15 @@ def _median_time(fn: Callable[[], Any], repeats: int) -> float:
 
 
 def roofline(d: int = 1000, repeats: int = 5) -> Dict[str, float]:
-    """This machine's measured GEMM rate (GFLOP/s, NumPy's BLAS) and matrix-vector bandwidth
-    (GB/s, streaming a d × d float64 matrix)."""
+    """This machine's measured GEMM rate (GFLOP/s, NumPy's BLAS, d × d × 128 like the batched
+    case) and matrix-vector bandwidth (GB/s, streaming a d × d float64 matrix)."""
     rng = np.random.default_rng(0)
     A = rng.standard_normal((d, d))
-    B = rng.standard_normal((d, d))
-    t_gemm = _median_time(lambda: A @ B, repeats)
+    B = rng.standard_normal((d, 128))
+    t_gemm = _median_time(lambda: A @ B, max(repeats, 10))
     x = rng.standard_normal(d)
     t_gemv = _median_time(lambda: A @ x, max(repeats, 20))
-    return {"gemm_gflops": 2.0 * d**3 / t_gemm / 1e9, "gemv_gbps": 8.0 * d * d / t_gemv / 1e9}
+    return {"gemm_gflops": 2.0 * d * d * 128 / t_gemm / 1e9, "gemv_gbps": 8.0 * d * d / t_gemv / 1e9}
 
 
 def _problem(d: int) -> problems.Quadratic:
@@ -59,34 +87,68 @@ def _numpy_forward(H: np.ndarray, w0: np.ndarray, eta: float, t: int) -> float:
     return float((H @ w) @ v)
 
 
-def _jax_forward(H: np.ndarray, w0: np.ndarray, eta: float, t: int) -> Optional[Callable[[], Any]]:
+def _jax() -> Any:
     try:
         import jax
-        import jax.numpy as jnp
     except ImportError:
         return None
     jax.config.update("jax_enable_x64", True)
+    return jax
+
+
+def _jax_final(jax: Any, H: np.ndarray, w0: np.ndarray, t: int) -> Callable[[Any], Any]:
+    import jax.numpy as jnp
     Hj, wj = jnp.asarray(H), jnp.asarray(w0)
 
-    def final(e):
-        def body(w, _):
+    def final(e: Any) -> Any:
+        def body(w: Any, _: Any) -> Any:
             return w - e * (Hj @ w), None
         w, _ = jax.lax.scan(body, wj, None, length=t)
         return 0.5 * w @ (Hj @ w)
+    return final
 
+
+def _jax_forward(H: np.ndarray, w0: np.ndarray, eta: float, t: int) -> Optional[Callable[[], Any]]:
+    jax = _jax()
+    if jax is None:
+        return None
+    import jax.numpy as jnp
+    final = _jax_final(jax, H, w0, t)
     f = jax.jit(lambda e: jax.jvp(final, (e,), (jnp.ones_like(e),))[1])
     e = jnp.asarray(eta)
     return lambda: f(e).block_until_ready()
 
 
-def _torch_forward(H: np.ndarray, w0: np.ndarray, eta: float, t: int) -> Optional[Callable[[], Any]]:
+def _jax_reverse(H: np.ndarray, w0: np.ndarray, eta: float, t: int) -> Optional[Callable[[], Any]]:
+    jax = _jax()
+    if jax is None:
+        return None
+    import jax.numpy as jnp
+    f = jax.jit(jax.grad(_jax_final(jax, H, w0, t)))
+    e = jnp.asarray(eta)
+    return lambda: f(e).block_until_ready()
+
+
+def _jax_forward_batch(H: np.ndarray, w0: np.ndarray, etas: np.ndarray, t: int) -> Optional[Callable[[], Any]]:
+    jax = _jax()
+    if jax is None:
+        return None
+    import jax.numpy as jnp
+    final = _jax_final(jax, H, w0, t)
+    f = jax.jit(jax.vmap(lambda e: jax.jvp(final, (e,), (jnp.ones_like(e),))[1]))
+    e = jnp.asarray(etas)
+    return lambda: f(e).block_until_ready()
+
+
+def _torch_reverse(H: np.ndarray, w0: np.ndarray, eta: float, t: int) -> Optional[Callable[[], Any]]:
     try:
         import torch
     except ImportError:
         return None
-    Ht, wt = torch.from_numpy(H), torch.from_numpy(w0)
+    torch.set_num_threads(1)
+    Ht, wt = torch.from_numpy(np.array(H)), torch.from_numpy(np.array(w0))
 
-    def run():
+    def run() -> Any:
         e = torch.tensor(eta, dtype=torch.float64, requires_grad=True)
         w = wt
         for _ in range(t):
@@ -98,40 +160,93 @@ def _torch_forward(H: np.ndarray, w0: np.ndarray, eta: float, t: int) -> Optiona
     return run
 
 
+def _peer_versions() -> Dict[str, Optional[str]]:
+    out: Dict[str, Optional[str]] = {"numpy": np.__version__}
+    for name in ("jax", "torch"):
+        try:
+            mod = __import__(name)
+            out[name] = getattr(mod, "__version__", "?")
+        except ImportError:
+            out[name] = None
+    return out
+
+
 def run_bench(quick: bool = False, out: Optional[str] = None, threads: Optional[int] = None,
               progress: bool = True) -> Dict[str, Any]:
-    """Run the benchmark table; returns (and optionally writes as JSON) the measurements."""
+    """Run the benchmark table; returns (and optionally writes as JSON) the measurements.
+
+    ``threads`` is the thread count of the thread-scaling rows (default: every core); all other
+    rows use one thread.
+    """
+    blas_pinned = _pin_peers_to_one_thread()
     cases = [(100, 1000, 1), (1000, 1000, 1), (1000, 1000, 64)]
+    sweep = (1000, 10000, (1000, 10**6))
     repeats = 7
     if quick:
-        cases, repeats = [(50, 100, 1), (100, 100, 8)], 3
+        cases, repeats, sweep = [(50, 100, 1), (100, 100, 8)], 3, (100, 500, (100,))
     nthreads = api.default_threads() if threads is None else threads
     roof = roofline(300 if quick else 1000, repeats=3 if quick else 5)
     rows: List[Dict[str, Any]] = []
+    skipped: Dict[str, str] = {}
+    jax_ok, torch_ok = _jax() is not None, _peer_versions()["torch"] is not None
+    if not jax_ok:
+        skipped["jax"] = "not installed (pip install jax jaxlib)"
+    if not torch_ok:
+        skipped["torch"] = "not installed (pip install torch)"
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(cases) + 1, desc="metastep bench", file=sys.stderr, leave=False)
     for d, t, m in cases:
         p = _problem(d)
         etas = np.linspace(0.2, 1.8, m) / p.L if m > 1 else 0.5 / p.L
         row: Dict[str, Any] = {"d": d, "t": t, "step_sizes": m}
         for mode in ("forward", "scaled_forward", "reverse", "exact"):
+            reps = repeats if (m == 1 or mode in ("forward", "exact")) else max(1, repeats // 3)
             row[f"metastep_{mode}_s"] = _median_time(
-                lambda mode=mode: api.metagrad(p, etas, t, mode=mode, threads=nthreads), repeats)
+                lambda mode=mode: api.metagrad(p, etas, t, mode=mode, threads=1), reps)
+        if m > 1:
+            row["metastep_forward_threads"] = nthreads
+            row["metastep_forward_mt_s"] = _median_time(
+                lambda: api.metagrad(p, etas, t, mode="forward", threads=nthreads), repeats)
         H, w0 = np.ascontiguousarray(p.H), np.ascontiguousarray(p.w0)
         e0 = float(np.atleast_1d(etas)[0])
         reps_np = 1 if (d >= 1000 and m > 1) else repeats
         row["numpy_s"] = _median_time(lambda: [_numpy_forward(H, w0, float(e), t) for e in np.atleast_1d(etas)],
                                       reps_np)
-        jf = _jax_forward(H, w0, e0, t) if m == 1 else None
+        if m == 1:
+            jf, jr = _jax_forward(H, w0, e0, t), _jax_reverse(H, w0, e0, t)
+        else:
+            jf, jr = _jax_forward_batch(H, w0, np.asarray(etas), t), None
         row["jax_s"] = _median_time(jf, repeats) if jf else None
-        tf = _torch_forward(H, w0, e0, t) if m == 1 else None
+        row["jax_reverse_s"] = _median_time(jr, repeats) if jr else None
+        tf = _torch_reverse(H, w0, e0, t) if m == 1 else None
         row["torch_s"] = _median_time(tf, repeats) if tf else None
-        # roofline: each step reads H once (memory) and does 4 d^2 m flops (iterate and tangent)
+        # roofline: each step streams H once (memory) and does 4 d^2 m flops (iterate and tangent)
         row["roofline_s"] = max(8.0 * d * d * t / (roof["gemv_gbps"] * 1e9),
                                 4.0 * d * d * m * t / (roof["gemm_gflops"] * 1e9))
         rows.append(row)
+        if bar is not None:
+            bar.update()
+    # exact-mode sweep: many step sizes, each horizon, decomposition included (fresh problem)
+    d, m, ts = sweep
+    sweep_rows = []
+    for t in ts:
+        etas = np.linspace(0.01, 1.99, m)
+
+        def fresh(t: int = t) -> Any:
+            p = _problem(d)
+            return api.metagrad(p, etas / p.L, t, mode="exact", refine=False, objective="log", threads=1)
+        sweep_rows.append({"d": d, "t": t, "step_sizes": m,
+                           "exact_unrefined_s": _median_time(fresh, 3 if quick else 5)})
+    if bar is not None:
+        bar.update()
+        bar.close()
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "threads": nthreads},
-        "roofline": roof, "rows": rows, "quick": quick,
+                    "cpus": os.cpu_count(), "threads_scaling_rows": nthreads},
+        "peers": _peer_versions(), "skipped": skipped, "numpy_blas_one_thread": blas_pinned,
+        "roofline": roof, "rows": rows, "exact_sweep": sweep_rows, "quick": quick,
     }
     if out:
         with open(out, "w") as fh:
@@ -140,19 +255,38 @@ def run_bench(quick: bool = False, out: Optional[str] = None, threads: Optional[
 
 
 def format_table(result: Dict[str, Any]) -> str:
+    """The benchmark as text: times (ms) and ratios (ours / peer: below 1 means metastep is faster)."""
     roof = result["roofline"]
-    lines = [f"roofline here: GEMM {roof['gemm_gflops']:.1f} GFLOP/s, matrix-vector {roof['gemv_gbps']:.1f} GB/s; "
-             f"threads {result['machine']['threads']}",
-             f"{'case':<22}{'forward':>10}{'scaled':>10}{'reverse':>10}{'exact':>10}{'NumPy':>10}{'JAX':>10}"
-             f"{'PyTorch':>10}{'roofline':>10}  fwd/NumPy fwd/JAX fwd/roof"]
+    blas = "1 thread" if result.get("numpy_blas_one_thread") else "NumPy's default threads"
+    lines = [f"roofline here: GEMM {roof['gemm_gflops']:.1f} GFLOP/s ({blas}), matrix-vector "
+             f"{roof['gemv_gbps']:.1f} GB/s; every timing on one thread unless marked"]
+    for name, why in result.get("skipped", {}).items():
+        lines.append(f"  {name}: skipped — {why}")
+
+    def ms_(x: Optional[float]) -> str:
+        return f"{x * 1e3:10.2f}" if x else f"{'—':>10}"
+
+    def ratio(a: Optional[float], b: Optional[float]) -> str:
+        return f"{a / b:10.2f}" if (a and b) else f"{'—':>10}"
+    lines.append(f"{'case':<20}{'forward':>10}{'scaled':>10}{'reverse':>10}{'exact':>10}{'NumPy':>10}{'JAX fwd':>10}"
+                 f"{'JAX rev':>10}{'PyTorch':>10}{'bound':>10} | {'fwd/JAX':>10}{'scl/JAX':>10}{'fwd/NumPy':>10}"
+                 f"{'fwd/bound':>10}")
     for r in result["rows"]:
-        def ms_(x: Optional[float]) -> str:
-            return f"{x * 1e3:9.2f}m" if x else f"{'—':>10}"
-        fwd = r["metastep_forward_s"]
-        ratio = lambda peer: f"{fwd / peer:7.2f}" if peer else "    —  "  # noqa: E731
-        lines.append(f"d={r['d']:<5} t={r['t']:<5} m={r['step_sizes']:<3}"
-                     f"{ms_(fwd)}{ms_(r['metastep_scaled_forward_s'])}{ms_(r['metastep_reverse_s'])}"
-                     f"{ms_(r['metastep_exact_s'])}{ms_(r['numpy_s'])}{ms_(r['jax_s'])}{ms_(r['torch_s'])}"
-                     f"{ms_(r['roofline_s'])}  {ratio(r['numpy_s'])} {ratio(r['jax_s'])} {ratio(r['roofline_s'])}")
-    lines.append("times are medians in milliseconds (m); ratios < 1 mean metastep is faster")
+        fwd, scl = r["metastep_forward_s"], r["metastep_scaled_forward_s"]
+        lines.append(f"d={r['d']:<5}t={r['t']:<5}m={r['step_sizes']:<3}"
+                     f"{ms_(fwd)}{ms_(scl)}{ms_(r['metastep_reverse_s'])}{ms_(r['metastep_exact_s'])}"
+                     f"{ms_(r['numpy_s'])}{ms_(r['jax_s'])}{ms_(r.get('jax_reverse_s'))}{ms_(r['torch_s'])}"
+                     f"{ms_(r['roofline_s'])} | {ratio(fwd, r['jax_s'])}{ratio(scl, r['jax_s'])}"
+                     f"{ratio(fwd, r['numpy_s'])}{ratio(fwd, r['roofline_s'])}")
+    for r in result["rows"]:
+        if "metastep_forward_mt_s" in r:
+            one, mt = r["metastep_forward_s"], r["metastep_forward_mt_s"]
+            lines.append(f"thread scaling, d={r['d']} t={r['t']} m={r['step_sizes']} forward: 1 thread "
+                         f"{one * 1e3:.1f} ms, {r['metastep_forward_threads']} threads {mt * 1e3:.1f} ms "
+                         f"(speed-up {one / mt:.2f}x)")
+    for r in result.get("exact_sweep", []):
+        lines.append(f"exact sweep (refine=False), d={r['d']} t={r['t']}: {r['step_sizes']} step sizes in "
+                     f"{r['exact_unrefined_s'] * 1e3:.1f} ms including the decomposition")
+    lines.append("times are medians in milliseconds; ratios are ours / peer (below 1: metastep is faster); "
+                 "exact = refined exact mode with the decomposition cached on the problem")
     return "\n".join(lines)
