@@ -232,7 +232,7 @@ def _scripted(monkeypatch, script):
 
 def test_non_ok_finite_status_stops_by_default(monkeypatch, easy):
     _scripted(monkeypatch, [(1.0, "ok"), (1.0, "subnormal: adjoint at step 3"), (1.0, "ok")])
-    res = meta_train(easy, 0.5, 10, 2, lr=0.1)
+    res = meta_train(easy, 0.5, 10, 2, lr=0.1, engine="python")
     assert res.stopped and res.steps_done == 1
     assert res.failure == {"meta_step": 2, "eta": res.etas[1], "status": "subnormal: adjoint at step 3",
                            "grad": 1.0, "value": 0.0, "finite": True, "used": False}
@@ -241,7 +241,7 @@ def test_non_ok_finite_status_stops_by_default(monkeypatch, easy):
 def test_non_ok_finite_status_used_with_continue(monkeypatch, easy):
     _scripted(monkeypatch, [(1.0, "ok"), (1.0, "subnormal: adjoint at step 3"), (2.0, "underflow to zero: loss at step 9"),
                             (1.0, "ok")])
-    res = meta_train(easy, 0.5, 10, 3, lr=0.1, decay="none", on_failure="continue")
+    res = meta_train(easy, 0.5, 10, 3, lr=0.1, decay="none", on_failure="continue", engine="python")
     assert not res.stopped and res.steps_done == 3
     assert res.n_not_ok == 2 and res.failure["meta_step"] == 2 and res.failure["used"]
     np.testing.assert_allclose(res.etas, [0.5, 0.4, 0.3, 0.1])
@@ -249,17 +249,17 @@ def test_non_ok_finite_status_used_with_continue(monkeypatch, easy):
 
 def test_cancellation_flag_is_tolerated_and_recorded(monkeypatch, easy):
     _scripted(monkeypatch, [(1.0, "ok"), (1e-9, "cancellation: meta-gradient at step 10"), (1.0, "ok")])
-    res = meta_train(easy, 0.5, 10, 2, lr=0.1, decay="none")
+    res = meta_train(easy, 0.5, 10, 2, lr=0.1, decay="none", engine="python")
     assert res.ok and res.n_flagged == 1
     assert res.first_flag["meta_step"] == 2 and res.first_flag["grad_rel_error"] == 1e-3
     _scripted(monkeypatch, [(1.0, "ok"), (1e-9, "cancellation: meta-gradient at step 10"), (1.0, "ok")])
-    res = meta_train(easy, 0.5, 10, 2, lr=0.1, decay="none", tolerate=())
+    res = meta_train(easy, 0.5, 10, 2, lr=0.1, decay="none", tolerate=(), engine="python")
     assert res.stopped and res.failure["status"].startswith("cancellation")
 
 
 def test_nan_gradient_with_ok_status_is_still_caught(monkeypatch, easy):
     _scripted(monkeypatch, [(1.0, "ok"), (float("nan"), "ok")])
-    res = meta_train(easy, 0.5, 10, 5, lr=0.1, on_failure="continue")
+    res = meta_train(easy, 0.5, 10, 5, lr=0.1, on_failure="continue", engine="python")
     assert res.stopped and res.failure["meta_step"] == 2 and not res.failure["finite"]
     assert np.all(np.isfinite(res.etas))
 
@@ -290,3 +290,76 @@ def test_csv_roundtrip(tmp_path, easy):
     lines = p.read_text().splitlines()
     assert lines[0].startswith("k,eta,value,grad") and len(lines) == 6
     assert float(lines[-1].split(",")[1]) == res.eta
+
+
+# --- the loop in the compiled core gives the same bits as the Python reference loop ---------
+
+def _same(a, b):
+    assert np.array_equal(a.etas, b.etas)
+    assert np.array_equal(a.grads, b.grads, equal_nan=True)
+    assert np.array_equal(a.values, b.values, equal_nan=True)
+    assert np.array_equal(a.lrs, b.lrs)
+    assert np.array_equal(a.sign_grads, b.sign_grads)
+    assert a.statuses == b.statuses
+    assert (a.steps_done, a.stopped, a.n_not_ok, a.n_flagged) == (b.steps_done, b.stopped, b.n_not_ok, b.n_flagged)
+    assert a.stop_reason == b.stop_reason
+
+    def norm(e):
+        return None if e is None else {k: (repr(v) if isinstance(v, float) else v) for k, v in e.items()}
+    assert norm(a.failure) == norm(b.failure)
+    assert norm(a.first_flag) == norm(b.first_flag)
+
+
+@pytest.mark.parametrize("optimizer,log_eta", [("gd", False), ("gd", True), ("momentum", False),
+                                               ("rmsprop", True), ("adam", False)])
+@pytest.mark.parametrize("mode,dtype", [("exact", "float64"), ("scaled", "float32"), ("forward", "float64"),
+                                        ("checkpoint", "longdouble")])
+def test_core_loop_matches_python_loop(optimizer, log_eta, mode, dtype):
+    q = ms.random_quadratic(12, seed=4)
+    lr = {"gd": 0.01, "momentum": 0.001, "rmsprop": 0.01, "adam": 0.01}[optimizer]
+    kw = dict(mode=mode, dtype=dtype, optimizer=optimizer, log_eta=log_eta, lr=lr)
+    if mode == "checkpoint":
+        kw["metagrad_options"] = {"checkpoints": 5}
+    a = meta_train(q, 0.05, 60, 120, engine="python", **kw)
+    b = meta_train(q, 0.05, 60, 120, engine="core", **kw)
+    _same(a, b)
+    assert b.config["engine"] == "core"
+
+
+def test_core_loop_least_squares_valid_and_failures():
+    task = ms.random_least_squares(10, 6, 0.5, seed=2, n_valid=6)
+    for on_failure in ("stop", "continue"):
+        a = meta_train(task, 0.1, 40, 80, on="valid", mode="exact", on_failure=on_failure, engine="python")
+        b = meta_train(task, 0.1, 40, 80, on="valid", mode="exact", on_failure=on_failure, engine="core")
+        _same(a, b)
+    # plain reverse mode in float32 dies at the first meta-step: same record, same message
+    q = ms.random_quadratic(20, seed=3)
+    a = meta_train(q, 0.1, 80, 50, mode="reverse", dtype="float32", engine="python")
+    b = meta_train(q, 0.1, 80, 50, mode="reverse", dtype="float32", engine="core")
+    _same(a, b)
+    assert b.stopped and b.failure["status"].startswith("non-finite")
+    with pytest.raises(MetaTrainingError):
+        meta_train(q, 0.1, 80, 50, mode="reverse", dtype="float32", engine="core", on_failure="raise")
+
+
+def test_engine_argument_is_checked():
+    q = ms.random_quadratic(5, seed=1)
+    with pytest.raises(ValueError, match="engine"):
+        meta_train(q, 0.01, 10, 5, engine="gpu")
+    with pytest.raises(ValueError, match="engine='core'"):
+        meta_train(q, 0.01, 10, 5, engine="core", metagrad_options={"memory_limit": 10**9})
+    # bad arguments are reported exactly as by the Python loop (validated through metagrad)
+    with pytest.raises(ValueError):
+        meta_train(q, 0.01, 10, 5, engine="core", on="valid")
+
+
+def test_core_loop_tolerated_flags_and_continue_match_python():
+    # near eta* the meta-gradient cancels: flagged and used (tolerate), or a failure (tolerate=())
+    q = ms.random_quadratic(20, seed=1)
+    for kw in ({}, {"tolerate": ()}, {"tolerate": (), "on_failure": "continue"}):
+        a = meta_train(q, 0.02, 80, 400, mode="scaled", dtype="float32", engine="python", **kw)
+        b = meta_train(q, 0.02, 80, 400, mode="scaled", dtype="float32", engine="core", **kw)
+        _same(a, b)
+    assert b.n_not_ok > 0 and not b.stopped and b.failure["used"]
+    c = meta_train(q, 0.02, 80, 400, mode="forward", dtype="float64", engine="core")
+    assert c.n_flagged > 0 and c.first_flag["status"].startswith("cancellation: meta-gradient")

@@ -72,8 +72,101 @@ MinibatchLeastSquares<S> minibatch(const LeastSquares<S>& p, const I32Array& bat
   return MinibatchLeastSquares<S>(p, std::move(b), static_cast<Index>(batches.shape(1)));
 }
 
+inline MetaTrainConfig meta_config(const py::dict& c) {
+  MetaTrainConfig cfg;
+  cfg.eta0 = c["eta0"].cast<double>();
+  cfg.meta_steps = c["meta_steps"].cast<long>();
+  const auto opt = c["optimizer"].cast<std::string>();
+  if (opt == "gd") cfg.optimizer = MetaOptimizer::gd;
+  else if (opt == "momentum") cfg.optimizer = MetaOptimizer::momentum;
+  else if (opt == "rmsprop") cfg.optimizer = MetaOptimizer::rmsprop;
+  else if (opt == "adam") cfg.optimizer = MetaOptimizer::adam;
+  else throw std::invalid_argument("unknown optimizer '" + opt + "'");
+  cfg.mu0 = c["lr"].cast<double>();
+  cfg.decay_sqrt = c["decay"].cast<std::string>() == "sqrt";
+  cfg.log_eta = c["log_eta"].cast<bool>();
+  const auto of = c["on_failure"].cast<std::string>();
+  cfg.on_failure = of == "continue" ? OnFailure::cont : (of == "raise" ? OnFailure::raise : OnFailure::stop);
+  const py::dict o = c["optimizer_options"].cast<py::dict>();
+  for (auto item : o) {
+    const auto key = item.first.cast<std::string>();
+    const double val = item.second.cast<double>();
+    if (key == "beta") cfg.beta = val;
+    else if (key == "rho") cfg.rho = val;
+    else if (key == "eps") cfg.eps = val;
+    else if (key == "beta1") cfg.beta1 = val;
+    else if (key == "beta2") cfg.beta2 = val;
+  }
+  cfg.tolerate = c["tolerate"].cast<std::vector<std::string>>();
+  return cfg;
+}
+
+inline py::object event_dict(const MetaEvent& e, bool with_rel_error) {
+  if (!e.set) return py::none();
+  py::dict d;
+  d["meta_step"] = e.meta_step;
+  d["eta"] = e.eta;
+  d["status"] = e.status;
+  d["grad"] = e.grad;
+  d["value"] = e.value;
+  d["finite"] = e.finite;
+  d["used"] = e.used;
+  if (with_rel_error) d["grad_rel_error"] = e.grad_rel_error;
+  return std::move(d);
+}
+
+inline py::dict trace_dict(const MetaTrainTrace& tr) {
+  py::dict d;
+  d["etas"] = py::array_t<double>(static_cast<py::ssize_t>(tr.etas.size()), tr.etas.data());
+  d["values"] = py::array_t<double>(static_cast<py::ssize_t>(tr.values.size()), tr.values.data());
+  d["grads"] = py::array_t<double>(static_cast<py::ssize_t>(tr.grads.size()), tr.grads.data());
+  d["log_abs_grads"] = py::array_t<double>(static_cast<py::ssize_t>(tr.log_abs_grads.size()), tr.log_abs_grads.data());
+  d["lrs"] = py::array_t<double>(static_cast<py::ssize_t>(tr.lrs.size()), tr.lrs.data());
+  d["grad_rel_errors"] =
+      py::array_t<double>(static_cast<py::ssize_t>(tr.grad_rel_errors.size()), tr.grad_rel_errors.data());
+  std::vector<std::int64_t> signs(tr.signs.begin(), tr.signs.end());
+  d["sign_grads"] = py::array_t<std::int64_t>(static_cast<py::ssize_t>(signs.size()), signs.data());
+  d["statuses"] = tr.statuses;
+  d["steps_done"] = tr.steps_done;
+  d["n_not_ok"] = tr.n_not_ok;
+  d["n_flagged"] = tr.n_flagged;
+  d["failure"] = event_dict(tr.failure, false);
+  d["first_flag"] = event_dict(tr.first_flag, true);
+  d["stop_reason"] = tr.stop_reason;
+  return d;
+}
+
 template <class Problem, class S = typename Problem::S>
 void bind_runs(py::module_& m, const std::string& sfx) {
+  m.def(("meta_train_" + sfx).c_str(),
+        [](const Problem& p, const py::object& spectrum, const std::string& mode_s, Steps steps,
+           const std::string& objective, bool valid, Index checkpoints, const py::dict& config) {
+          const Spectrum<S>* sp = spectrum.is_none() ? nullptr : spectrum.cast<const Spectrum<S>*>();
+          MetaOptions opt;
+          opt.objective = parse_objective(objective);
+          opt.valid = valid;
+          opt.steps = steps;
+          opt.checkpoints = checkpoints;
+          const MetaTrainConfig cfg = meta_config(config);
+          const bool exact = mode_s == "exact";
+          if (exact && !sp) throw std::invalid_argument("the exact mode needs the problem's spectrum");
+          if (exact && valid && !sp->has_valid) throw std::invalid_argument("on='valid' needs a validation set");
+          const Mode mode = exact ? Mode::forward : parse_mode(mode_s);
+          if (steps < 1) throw std::invalid_argument("steps must be at least 1");
+          MetaTrainTrace tr;
+          {
+            py::gil_scoped_release release;
+            tr = meta_train_loop(cfg, [&](double eta) {
+              if (exact) return exact_outcome(*sp, S(eta), opt);
+              StepSizes<S> st;
+              st.eta = S(eta);
+              return run_mode(p, mode, st, opt);
+            });
+          }
+          return trace_dict(tr);
+        },
+        py::arg("problem"), py::arg("spectrum"), py::arg("mode"), py::arg("steps"), py::arg("objective"),
+        py::arg("valid"), py::arg("checkpoints"), py::arg("config"));
   m.def(("unroll_" + sfx).c_str(), &do_unroll<Problem>, py::arg("problem"), py::arg("eta"),
         py::arg("schedule").noconvert(), py::arg("steps"));
   m.def(("metagrad_" + sfx).c_str(), &do_metagrad<Problem>, py::arg("problem"), py::arg("mode"),

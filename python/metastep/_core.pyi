@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['FastSpectrum', 'LeastSquares_float32', 'LeastSquares_float64', 'LeastSquares_longdouble', 'LeastSquares_mp', 'LeastSquares_quad', 'Quadratic_float32', 'Quadratic_float64', 'Quadratic_longdouble', 'Quadratic_mp', 'Quadratic_quad', 'Spectrum_float32', 'Spectrum_float64', 'Spectrum_longdouble', 'Spectrum_mp', 'Spectrum_quad', 'cuda_compiled', 'cuda_device_count', 'eigen_location', 'eigen_version', 'exact_fast', 'exact_float32', 'exact_float64', 'exact_longdouble', 'exact_mp', 'exact_quad', 'fast_spectrum_float32', 'fast_spectrum_float64', 'itemsize', 'longdouble_mantissa_bits', 'metagrad_float32', 'metagrad_float64', 'metagrad_longdouble', 'metagrad_mp', 'metagrad_quad', 'metagrad_sgd_float32', 'metagrad_sgd_float64', 'metagrad_sgd_longdouble', 'metagrad_sgd_mp', 'metagrad_sgd_quad', 'mp_bits', 'precisions', 'quad_backend', 'sgd_batches', 'spectrum_float32', 'spectrum_float64', 'spectrum_longdouble', 'spectrum_mp', 'spectrum_quad', 'unroll_float32', 'unroll_float64', 'unroll_longdouble', 'unroll_mp', 'unroll_quad', 'unroll_sgd_float32', 'unroll_sgd_float64', 'unroll_sgd_longdouble', 'unroll_sgd_mp', 'unroll_sgd_quad']
+__all__: list[str] = ['FastSpectrum', 'LeastSquares_float32', 'LeastSquares_float64', 'LeastSquares_longdouble', 'LeastSquares_mp', 'LeastSquares_quad', 'Quadratic_float32', 'Quadratic_float64', 'Quadratic_longdouble', 'Quadratic_mp', 'Quadratic_quad', 'Spectrum_float32', 'Spectrum_float64', 'Spectrum_longdouble', 'Spectrum_mp', 'Spectrum_quad', 'cuda_compiled', 'cuda_device_count', 'eigen_location', 'eigen_version', 'exact_fast', 'exact_float32', 'exact_float64', 'exact_longdouble', 'exact_mp', 'exact_quad', 'fast_spectrum_float32', 'fast_spectrum_float64', 'itemsize', 'longdouble_mantissa_bits', 'meta_train_float32', 'meta_train_float64', 'meta_train_longdouble', 'meta_train_mp', 'meta_train_quad', 'metagrad_float32', 'metagrad_float64', 'metagrad_longdouble', 'metagrad_mp', 'metagrad_quad', 'metagrad_sgd_float32', 'metagrad_sgd_float64', 'metagrad_sgd_longdouble', 'metagrad_sgd_mp', 'metagrad_sgd_quad', 'mp_bits', 'precisions', 'quad_backend', 'sgd_batches', 'spectrum_float32', 'spectrum_float64', 'spectrum_longdouble', 'spectrum_mp', 'spectrum_quad', 'unroll_float32', 'unroll_float64', 'unroll_longdouble', 'unroll_mp', 'unroll_quad', 'unroll_sgd_float32', 'unroll_sgd_float64', 'unroll_sgd_longdouble', 'unroll_sgd_mp', 'unroll_sgd_quad']
 class FastSpectrum:
     @property
     def L(self) -> float:
@@ -176,6 +176,36 @@ def exact_quad(spectrum: Spectrum_quad, etas: numpy.typing.NDArray[numpy.float64
 def fast_spectrum_float32(problem: Quadratic_float32) -> FastSpectrum:
     ...
 def fast_spectrum_float64(problem: Quadratic_float64) -> FastSpectrum:
+    ...
+@typing.overload
+def meta_train_float32(problem: Quadratic_float32, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_float32(problem: LeastSquares_float32, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_float64(problem: Quadratic_float64, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_float64(problem: LeastSquares_float64, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_longdouble(problem: Quadratic_longdouble, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_longdouble(problem: LeastSquares_longdouble, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_mp(problem: Quadratic_mp, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_mp(problem: LeastSquares_mp, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_quad(problem: Quadratic_quad, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
+    ...
+@typing.overload
+def meta_train_quad(problem: LeastSquares_quad, spectrum: typing.Any, mode: str, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, config: dict) -> dict:
     ...
 @typing.overload
 def metagrad_float32(problem: Quadratic_float32, mode: str, etas: numpy.typing.NDArray[numpy.float64], schedule: numpy.typing.NDArray[numpy.float64] | None, steps: typing.SupportsInt | typing.SupportsIndex, objective: str, valid: bool, checkpoints: typing.SupportsInt | typing.SupportsIndex, threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:

@@ -138,6 +138,15 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
         diagnostics=out["diagnostics"], dtype=dtype, steps=t)
 
 
+def resolve_mode(problem: Problem, mode: str, steps: int, dtype: Any = "float64", checkpoints: Any = None) -> str:
+    """The concrete mode :func:`metagrad` runs for a constant step size (``"auto"`` and
+    ``"scaled"`` resolved)."""
+    mode = choice(mode, "mode", MODES)
+    if mode == "auto":
+        mode = "checkpoint" if checkpoints is not None else _resolve_auto(problem, None, int(steps), dtype_name(dtype))
+    return "scaled_forward" if mode == "scaled" else mode
+
+
 def _resolve_auto(problem: Problem, sched: Optional[np.ndarray], t: int, dtype: str) -> str:
     d = problem.d
     if sched is not None:

@@ -25,7 +25,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import api
+from . import _core, api
+from ._validate import dtype_name
 from .problems import LeastSquares, Quadratic
 
 __all__ = ["meta_train", "MetaTrainResult", "MetaTrainingError", "find_optimal_eta", "OPTIMIZERS",
@@ -167,7 +168,7 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
                log_eta: bool = False, on_failure: str = "stop", optimizer_options: Optional[dict] = None,
                metagrad_options: Optional[dict] = None,
                tolerate: Sequence[str] = ("cancellation: meta-gradient",), progress: bool = False,
-               desc: Optional[str] = None) -> MetaTrainResult:
+               desc: Optional[str] = None, engine: str = "auto") -> MetaTrainResult:
     """Meta-train the step size of ``steps``-step gradient descent.
 
     Parameters
@@ -216,11 +217,20 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
         Extra keyword arguments for :func:`metastep.metagrad` (``checkpoints``, ``memory_limit``).
     progress : bool
         Show a tqdm progress bar.
+    engine : {"auto", "core", "python"}
+        ``"core"``: the whole loop runs in the compiled core (no Python round trip per
+        meta-step; the GIL is released). ``"python"``: the reference loop, one call to
+        :func:`metastep.metagrad` per meta-step. Both perform the same double-precision
+        arithmetic and give the same bits. ``"auto"`` takes the core unless
+        ``metagrad_options`` asks for something only :func:`metastep.metagrad` handles
+        (minibatch SGD, ``memory_limit``).
 
     Returns
     -------
     MetaTrainResult
     """
+    if engine not in ("auto", "core", "python"):
+        raise ValueError(f"unknown engine {engine!r}; expected 'auto', 'core' or 'python'")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {', '.join(map(repr, OPTIMIZERS))}")
     if on_failure not in ON_FAILURE:
@@ -255,6 +265,12 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
               "mode": mode, "dtype": str(dtype), "optimizer": optimizer, "lr": mu0, "decay": decay,
               "log_eta": bool(log_eta), "on_failure": on_failure, "optimizer_options": opts,
               "tolerate": list(tolerate)}
+    core_ok = set(mg_opts) <= {"checkpoints"}
+    if engine == "core" and not core_ok:
+        raise ValueError(f"engine='core' does not take metagrad_options {sorted(set(mg_opts) - {'checkpoints'})}; "
+                         "use engine='python'")
+    if engine != "python" and core_ok:
+        return _meta_train_core(problem, steps, objective, on, mode, dtype, mg_opts, config, progress, desc)
     etas = [eta0]
     values: List[float] = []
     grads: List[float] = []
@@ -369,6 +385,51 @@ def meta_train(problem: Union[Quadratic, LeastSquares], eta0: float, steps: int,
         stop_reason=stop_reason, config=config, seconds=time.perf_counter() - t_start,
         grad_rel_errors=np.array(rel_errs, dtype=np.float64), first_flag=first_flag, n_flagged=n_flagged)
     if on_failure == "raise" and failure is not None:
+        raise MetaTrainingError(f"meta-training failed at meta-step {failure['meta_step']} "
+                                f"(eta = {failure['eta']!r}): {failure['status']}", result)
+    return result
+
+
+def _meta_train_core(problem: Any, steps: int, objective: str, on: str, mode: str, dtype: Any,
+                     mg_opts: Dict[str, Any], config: Dict[str, Any], progress: bool,
+                     desc: Optional[str]) -> MetaTrainResult:
+    """The meta-training loop in the compiled core (same arithmetic as the Python loop)."""
+    t_start = time.perf_counter()
+    # one evaluation through the public entry point validates every argument exactly as the
+    # Python loop would (and resolves "auto")
+    first = api.metagrad(problem, config["eta0"], steps, objective=objective, on=on, mode=mode, dtype=dtype,
+                         **mg_opts)
+    del first
+    dt = dtype_name(dtype)
+    t = int(steps)
+    resolved = api.resolve_mode(problem, mode, t, dt, mg_opts.get("checkpoints"))
+    spectrum = problem._spectrum(dt) if resolved == "exact" else None
+    k = mg_opts.get("checkpoints")
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=config["meta_steps"], desc=desc or f"meta-train ({mode}, {dtype}, core)", leave=False)
+    try:
+        out = getattr(_core, f"meta_train_{dt}")(problem._core(dt), spectrum, resolved, t, objective, on == "valid",
+                                                 int(k or 0), config)
+    finally:
+        if bar is not None:
+            bar.update(config["meta_steps"])
+            bar.close()
+    steps_done = int(out["steps_done"])
+    result = MetaTrainResult(
+        etas=np.asarray(out["etas"], dtype=np.float64), values=np.asarray(out["values"], dtype=np.float64),
+        grads=np.asarray(out["grads"], dtype=np.float64),
+        log_abs_grads=np.asarray(out["log_abs_grads"], dtype=np.float64),
+        sign_grads=np.asarray(out["sign_grads"], dtype=np.int64), statuses=list(out["statuses"]),
+        lrs=np.asarray(out["lrs"], dtype=np.float64), steps_done=steps_done, meta_steps=config["meta_steps"],
+        failure=out["failure"], n_not_ok=int(out["n_not_ok"]), stopped=steps_done < config["meta_steps"],
+        stop_reason=str(out["stop_reason"]), config=dict(config, engine="core", resolved_mode=resolved),
+        seconds=time.perf_counter() - t_start,
+        grad_rel_errors=np.asarray(out["grad_rel_errors"], dtype=np.float64), first_flag=out["first_flag"],
+        n_flagged=int(out["n_flagged"]))
+    failure = result.failure
+    if config["on_failure"] == "raise" and failure is not None:
         raise MetaTrainingError(f"meta-training failed at meta-step {failure['meta_step']} "
                                 f"(eta = {failure['eta']!r}): {failure['status']}", result)
     return result

@@ -13,6 +13,7 @@
 #include "metagrad/forward.hpp"
 #include "metagrad/reverse.hpp"
 #include "metagrad/scaled.hpp"
+#include "meta_train.hpp"
 #include "sgd.hpp"
 #include "trajectory.hpp"
 
