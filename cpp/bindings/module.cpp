@@ -2,6 +2,74 @@
 #include <Eigen/Core>
 
 #include "common.hpp"
+#ifdef METASTEP_HAVE_CUDA
+#include "metastep_cuda.hpp"
+#endif
+
+namespace metastep::bind {
+
+// Batched forward / scaled-forward on the GPU: H (d x d, C order, symmetric), w0, w*, step
+// sizes; results in the same form as the CPU modes.
+template <class S>
+py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws, const F64Array& etas, Steps steps,
+                      bool scaled, const std::string& objective) {
+#ifdef METASTEP_HAVE_CUDA
+  MetaOptions opt;
+  opt.objective = parse_objective(objective);
+  opt.steps = steps;
+  if (steps < 1) throw std::invalid_argument("steps must be at least 1");
+  if (H.ndim() != 2 || H.shape(0) != H.shape(1)) throw std::invalid_argument("H must be a square 2-D array");
+  const Index d = H.shape(0);
+  if (w0.ndim() != 1 || w0.shape(0) != d || ws.ndim() != 1 || ws.shape(0) != d)
+    throw std::invalid_argument("w0 and w_star must have length d");
+  if (etas.ndim() != 1 || etas.shape(0) < 1) throw std::invalid_argument("etas must be a non-empty 1-D array");
+  // H is symmetric: its C-order buffer is also its column-major layout
+  std::vector<S> h(static_cast<size_t>(d * d)), a(static_cast<size_t>(d)), b(static_cast<size_t>(d));
+  for (Index i = 0; i < d * d; ++i) h[static_cast<size_t>(i)] = S(H.data()[i]);
+  for (Index i = 0; i < d; ++i) {
+    a[static_cast<size_t>(i)] = S(w0.data()[i]);
+    b[static_cast<size_t>(i)] = S(ws.data()[i]);
+  }
+  const int m = static_cast<int>(etas.shape(0));
+  std::vector<metastep::cuda::ColumnResult> res(static_cast<size_t>(m));
+  std::string error;
+  bool ok;
+  {
+    py::gil_scoped_release release;
+    ok = metastep::cuda::forward_batch<S>(h.data(), a.data(), b.data(), static_cast<int>(d), etas.data(), m, steps,
+                                          scaled, res.data(), &error);
+  }
+  if (!ok) throw std::runtime_error("CUDA: " + error);
+  static const Quantity quantities[] = {Quantity::loss,      Quantity::loss,     Quantity::iterate,
+                                        Quantity::tangent,   Quantity::meta_loss, Quantity::meta_grad};
+  std::vector<Outcome> outs(static_cast<size_t>(m));
+  const double lt = std::log(static_cast<double>(steps));
+  for (int j = 0; j < m; ++j) {
+    const auto& r = res[static_cast<size_t>(j)];
+    Outcome& o = outs[static_cast<size_t>(j)];
+    if (r.fail_quantity > 0) o.diag.fail(quantities[r.fail_quantity], "non-finite", r.fail_step);
+    o.diag.forward_steps = steps;
+    if (opt.objective == Objective::final_loss) {
+      o.value = r.sign_M > 0 ? Num::of_log(r.log_M, 1) : Num::of(std::isnan(r.log_M) ? r.log_M : 0.0);
+      o.grad = Num::of_log(r.log_dM, r.sign_dM);
+    } else if (!(r.sign_M > 0)) {
+      o.diag.fail(Quantity::meta_loss, "zero (log undefined)", steps);
+      o.value = Num::of(std::isnan(r.log_M) ? r.log_M : -std::numeric_limits<double>::infinity());
+      o.grad = Num::of(std::numeric_limits<double>::quiet_NaN());
+    } else {
+      o.value = Num::of(r.log_M / static_cast<double>(steps));
+      o.grad = Num::of_log(r.log_dM - lt - r.log_M, r.sign_dM);
+    }
+  }
+  return outcomes_dict(outs);
+#else
+  (void)H, (void)w0, (void)ws, (void)etas, (void)steps, (void)scaled, (void)objective;
+  throw std::runtime_error("the CUDA path is not compiled in this build (install with a CUDA compiler on PATH, "
+                           "or METASTEP_CUDA=ON)");
+#endif
+}
+
+}  // namespace metastep::bind
 
 #ifndef METASTEP_VERSION
 #define METASTEP_VERSION "0.0.0"
@@ -36,8 +104,23 @@ PYBIND11_MODULE(_core, m) {
 #endif
   sizes["mp"] = sizeof(metastep::mp_t);
   m.attr("itemsize") = sizes;
+#ifdef METASTEP_HAVE_CUDA
+  m.attr("cuda_compiled") = true;
+  m.def("cuda_device_count", []() {
+    std::string why;
+    const int n = metastep::cuda::device_count(&why);
+    return py::make_tuple(n, why);
+  });
+#else
   m.attr("cuda_compiled") = false;
   m.def("cuda_device_count", []() { return py::make_tuple(0, "the CUDA path is not compiled in this build"); });
+#endif
+  m.def("cuda_forward_float32", &metastep::bind::cuda_forward<float>, py::arg("H").noconvert(),
+        py::arg("w0").noconvert(), py::arg("w_star").noconvert(), py::arg("etas").noconvert(), py::arg("steps"),
+        py::arg("scaled"), py::arg("objective"));
+  m.def("cuda_forward_float64", &metastep::bind::cuda_forward<double>, py::arg("H").noconvert(),
+        py::arg("w0").noconvert(), py::arg("w_star").noconvert(), py::arg("etas").noconvert(), py::arg("steps"),
+        py::arg("scaled"), py::arg("objective"));
   m.attr("longdouble_mantissa_bits") = std::numeric_limits<long double>::digits;
   m.def(
       "sgd_batches",

@@ -9,7 +9,7 @@ Quick tour::
 """
 from . import _core
 from ._validate import DTYPES
-from .api import DEFAULT_MEMORY_LIMIT, MODES, OBJECTIVES, metagrad, sgd_batches, unroll
+from .api import DEFAULT_MEMORY_LIMIT, MODES, OBJECTIVES, cuda_available, metagrad, resolve_mode, sgd_batches, unroll
 from .problems import LeastSquares, Quadratic, random_least_squares, random_quadratic
 from .results import MetaGradResult, UnrollResult
 
@@ -23,7 +23,7 @@ __all__ = [
     "Quadratic", "LeastSquares", "random_quadratic", "random_least_squares",
     "unroll", "metagrad", "sgd_batches", "MetaGradResult", "UnrollResult",
     "MODES", "OBJECTIVES", "DTYPES", "PRECISIONS", "DEFAULT_MEMORY_LIMIT", "EIGEN_VERSION",
-    "build_info", "__version__",
+    "build_info", "cuda_available", "resolve_mode", "__version__",
 ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy
 import numpy.typing
 import typing
-__all__: list[str] = ['FastSpectrum', 'LeastSquares_float32', 'LeastSquares_float64', 'LeastSquares_longdouble', 'LeastSquares_mp', 'LeastSquares_quad', 'Quadratic_float32', 'Quadratic_float64', 'Quadratic_longdouble', 'Quadratic_mp', 'Quadratic_quad', 'Spectrum_float32', 'Spectrum_float64', 'Spectrum_longdouble', 'Spectrum_mp', 'Spectrum_quad', 'cuda_compiled', 'cuda_device_count', 'eigen_location', 'eigen_version', 'exact_fast', 'exact_float32', 'exact_float64', 'exact_longdouble', 'exact_mp', 'exact_quad', 'fast_spectrum_float32', 'fast_spectrum_float64', 'itemsize', 'longdouble_mantissa_bits', 'meta_train_float32', 'meta_train_float64', 'meta_train_longdouble', 'meta_train_mp', 'meta_train_quad', 'metagrad_float32', 'metagrad_float64', 'metagrad_longdouble', 'metagrad_mp', 'metagrad_quad', 'metagrad_sgd_float32', 'metagrad_sgd_float64', 'metagrad_sgd_longdouble', 'metagrad_sgd_mp', 'metagrad_sgd_quad', 'mp_bits', 'precisions', 'quad_backend', 'sgd_batches', 'spectrum_float32', 'spectrum_float64', 'spectrum_longdouble', 'spectrum_mp', 'spectrum_quad', 'unroll_float32', 'unroll_float64', 'unroll_longdouble', 'unroll_mp', 'unroll_quad', 'unroll_sgd_float32', 'unroll_sgd_float64', 'unroll_sgd_longdouble', 'unroll_sgd_mp', 'unroll_sgd_quad']
+__all__: list[str] = ['FastSpectrum', 'LeastSquares_float32', 'LeastSquares_float64', 'LeastSquares_longdouble', 'LeastSquares_mp', 'LeastSquares_quad', 'Quadratic_float32', 'Quadratic_float64', 'Quadratic_longdouble', 'Quadratic_mp', 'Quadratic_quad', 'Spectrum_float32', 'Spectrum_float64', 'Spectrum_longdouble', 'Spectrum_mp', 'Spectrum_quad', 'cuda_compiled', 'cuda_device_count', 'cuda_forward_float32', 'cuda_forward_float64', 'eigen_location', 'eigen_version', 'exact_fast', 'exact_float32', 'exact_float64', 'exact_longdouble', 'exact_mp', 'exact_quad', 'fast_spectrum_float32', 'fast_spectrum_float64', 'itemsize', 'longdouble_mantissa_bits', 'meta_train_float32', 'meta_train_float64', 'meta_train_longdouble', 'meta_train_mp', 'meta_train_quad', 'metagrad_float32', 'metagrad_float64', 'metagrad_longdouble', 'metagrad_mp', 'metagrad_quad', 'metagrad_sgd_float32', 'metagrad_sgd_float64', 'metagrad_sgd_longdouble', 'metagrad_sgd_mp', 'metagrad_sgd_quad', 'mp_bits', 'precisions', 'quad_backend', 'sgd_batches', 'spectrum_float32', 'spectrum_float64', 'spectrum_longdouble', 'spectrum_mp', 'spectrum_quad', 'unroll_float32', 'unroll_float64', 'unroll_longdouble', 'unroll_mp', 'unroll_quad', 'unroll_sgd_float32', 'unroll_sgd_float64', 'unroll_sgd_longdouble', 'unroll_sgd_mp', 'unroll_sgd_quad']
 class FastSpectrum:
     @property
     def L(self) -> float:
@@ -160,6 +160,10 @@ class Spectrum_mp:
     def has_valid(self) -> bool:
         ...
 def cuda_device_count() -> tuple[int, str]:
+    ...
+def cuda_forward_float32(H: numpy.typing.NDArray[numpy.float64], w0: numpy.typing.NDArray[numpy.float64], w_star: numpy.typing.NDArray[numpy.float64], etas: numpy.typing.NDArray[numpy.float64], steps: typing.SupportsInt | typing.SupportsIndex, scaled: bool, objective: str) -> dict:
+    ...
+def cuda_forward_float64(H: numpy.typing.NDArray[numpy.float64], w0: numpy.typing.NDArray[numpy.float64], w_star: numpy.typing.NDArray[numpy.float64], etas: numpy.typing.NDArray[numpy.float64], steps: typing.SupportsInt | typing.SupportsIndex, scaled: bool, objective: str) -> dict:
     ...
 def exact_fast(spectrum: FastSpectrum, etas: numpy.typing.NDArray[numpy.float64], steps: typing.SupportsInt | typing.SupportsIndex, objective: str, threads: typing.SupportsInt | typing.SupportsIndex = 1) -> dict:
     ...
@@ -320,7 +324,7 @@ def unroll_sgd_mp(problem: LeastSquares_mp, batches: numpy.typing.NDArray[numpy.
 def unroll_sgd_quad(problem: LeastSquares_quad, batches: numpy.typing.NDArray[numpy.int32], eta: typing.SupportsFloat | typing.SupportsIndex, schedule: numpy.typing.NDArray[numpy.float64] | None, steps: typing.SupportsInt | typing.SupportsIndex) -> dict:
     ...
 __version__: str = '0.1.0'
-cuda_compiled: bool = False
+cuda_compiled: bool = True
 eigen_location: str = '/work/venv/lib/python3.11/site-packages/cmeel.prefix/include/eigen3'
 eigen_version: str = '3.4.1'
 itemsize: dict = {'float32': 4, 'float64': 8, 'longdouble': 16, 'quad': 16, 'mp': 64}

@@ -1,7 +1,7 @@
 """Public entry points: unrolled runs and meta-gradients (SPEC §2–§4)."""
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
@@ -10,7 +10,7 @@ from ._validate import check_range, choice, dtype_name, optional_int, positive_i
 from .problems import LeastSquares, Quadratic
 from .results import MetaGradResult, UnrollResult
 
-__all__ = ["unroll", "metagrad", "sgd_batches", "MODES", "OBJECTIVES", "DEFAULT_MEMORY_LIMIT", "itemsize"]
+__all__ = ["unroll", "metagrad", "sgd_batches", "cuda_available", "resolve_mode", "MODES", "OBJECTIVES", "DEFAULT_MEMORY_LIMIT", "itemsize"]
 
 MODES = ("auto", "reverse", "checkpoint", "forward", "exact", "scaled", "scaled_forward", "scaled_reverse", "fd")
 OBJECTIVES = ("final", "log")
@@ -138,6 +138,42 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
         diagnostics=out["diagnostics"], dtype=dtype, steps=t)
 
 
+def cuda_available() -> Tuple[bool, str]:
+    """Whether the CUDA path can run here, and if not, why."""
+    if not _core.cuda_compiled:
+        return False, "the CUDA path is not compiled in this build (no CUDA compiler was found at install time)"
+    n, why = _core.cuda_device_count()
+    return (n > 0), ("" if n > 0 else f"no usable CUDA device: {why}")
+
+
+def _metagrad_cuda(problem: Problem, eta: Any, t: int, sched: Any, objective: str, on: str, mode: str, dtype: str,
+                   batches: Any, k: Any) -> MetaGradResult:
+    if not isinstance(problem, Quadratic):
+        raise ValueError("device='cuda' covers quadratics; use device='cpu' for least squares")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"device='cuda' computes in float32 or float64, not {dtype}")
+    if sched is not None or batches is not None or k is not None or on != "train":
+        raise ValueError("device='cuda' takes constant step sizes on the training loss (no schedule, minibatches "
+                         "or checkpoints)")
+    if mode not in ("auto", "forward", "scaled", "scaled_forward"):
+        raise ValueError(f"device='cuda' runs modes 'forward' and 'scaled'/'scaled_forward', not {mode!r}")
+    ok, why = cuda_available()
+    if not ok:
+        raise RuntimeError(f"device='cuda' unavailable: {why}")
+    etas, scalar = step_sizes(eta)
+    check_range(etas, "eta", dtype)
+    H = np.ascontiguousarray(problem.H, dtype=np.float64)
+    if not np.array_equal(H, H.T):
+        H = np.ascontiguousarray(0.5 * (H + H.T))  # within the validated tolerance; the kernels read columns
+    out = getattr(_core, f"cuda_forward_{dtype}")(H, np.ascontiguousarray(problem.w0, dtype=np.float64),
+                                                  np.ascontiguousarray(problem.w_star, dtype=np.float64),
+                                                  np.ascontiguousarray(etas, dtype=np.float64), t,
+                                                  mode != "forward", objective)
+    res = _result(out, scalar, False, "scaled_forward" if mode != "forward" else "forward", dtype, objective, on, t,
+                  eta)
+    return res
+
+
 def resolve_mode(problem: Problem, mode: str, steps: int, dtype: Any = "float64", checkpoints: Any = None) -> str:
     """The concrete mode :func:`metagrad` runs for a constant step size (``"auto"`` and
     ``"scaled"`` resolved)."""
@@ -158,7 +194,8 @@ def _resolve_auto(problem: Problem, sched: Optional[np.ndarray], t: int, dtype: 
 def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective: str = "final",
              on: str = "train", mode: str = "auto", dtype: Any = "float64", schedule: Any = None,
              checkpoints: Any = None, batch_size: Any = None, sgd_seed: Any = 0,
-             threads: Any = None, memory_limit: Optional[int] = None, refine: bool = True) -> MetaGradResult:
+             threads: Any = None, memory_limit: Optional[int] = None, refine: bool = True,
+             device: str = "cpu") -> MetaGradResult:
     """Meta-objective of t-step GD and its derivative with respect to the step size.
 
     Parameters
@@ -206,6 +243,12 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         float32/float64 — eigenvalues and projections of w₀ − w* without eigenvectors
         (tridiagonalisation, QL), evaluated in double; the eigenvalues then carry the
         decomposition's error ε‖H‖, which the result multiplies by about 2tη/|1 − ηλ|.
+    device : {"cpu", "cuda"}
+        ``"cuda"`` runs a batch of constant step sizes on the GPU (quadratics, float32/float64,
+        modes ``"forward"`` and ``"scaled"``/``"scaled_forward"``; ``"auto"`` takes
+        ``"scaled_forward"``), when the CUDA path is compiled in and a device is present
+        (:func:`cuda_available`). Results agree with the CPU to rounding (the sums run in
+        another order); its status reports non-finite values (quantity and step) only.
 
     Returns
     -------
@@ -215,6 +258,7 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
     """
     problem = _check_problem(problem)
     dtype = dtype_name(dtype)
+    device = choice(device, "device", ("cpu", "cuda"))
     objective = choice(objective, "objective", OBJECTIVES)
     on = choice(on, "on", ON)
     mode = choice(mode, "mode", MODES)
@@ -243,6 +287,8 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         check_range(etas, "eta", dtype)
     if mode == "exact" and batches is not None:
         raise ValueError("mode='exact' does not apply to minibatch SGD; use 'scaled', 'forward' or 'reverse'")
+    if device == "cuda":
+        return _metagrad_cuda(problem, eta, t, sched, objective, on, mode, dtype, batches, k)
     if not isinstance(refine, (bool, np.bool_)):
         raise TypeError(f"refine must be True or False, not {type(refine).__name__}")
     if not refine and mode != "exact":

@@ -290,3 +290,64 @@ def format_table(result: Dict[str, Any]) -> str:
     lines.append("times are medians in milliseconds; ratios are ours / peer (below 1: metastep is faster); "
                  "exact = refined exact mode with the decomposition cached on the problem")
     return "\n".join(lines)
+
+
+def _torch_cuda_forward(H: np.ndarray, w0: np.ndarray, etas: np.ndarray, t: int, dtype: str) -> Any:
+    """PyTorch on the GPU: forward mode by hand for a batch of step sizes (two products per step)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    tdt = torch.float64 if dtype == "float64" else torch.float32
+    Ht = torch.tensor(H, dtype=tdt, device="cuda")
+    W0 = torch.tensor(np.repeat(w0[:, None], len(etas), axis=1), dtype=tdt, device="cuda")
+    E = torch.tensor(etas, dtype=tdt, device="cuda")
+
+    def run() -> Any:
+        W, V = W0.clone(), torch.zeros_like(W0)
+        for _ in range(t):
+            G = Ht @ W
+            HV = Ht @ V
+            V = V - G - E * HV
+            W = W - E * G
+        out = ((Ht @ W) * V).sum(0)
+        torch.cuda.synchronize()
+        return out
+    return run
+
+
+def run_gpu_bench(quick: bool = False, out: Optional[str] = None) -> Dict[str, Any]:
+    """Time the CUDA path (batched forward and scaled forward) against the CPU engine and, where
+    installed with CUDA, PyTorch; also record the largest deviation from the CPU results."""
+    ok, why = api.cuda_available()
+    if not ok:
+        raise RuntimeError(f"no GPU benchmark: {why}")
+    cases = [(1000, 1000, 1), (1000, 1000, 64), (4000, 1000, 64), (1000, 1000, 1024)]
+    if quick:
+        cases = [(200, 100, 8)]
+    rows = []
+    for d, t, m in cases:
+        p = _problem(d)
+        etas = np.linspace(0.2, 1.8, m) / p.L
+        row: Dict[str, Any] = {"d": d, "t": t, "step_sizes": m}
+        for dtype in ("float64", "float32"):
+            for mode in ("forward", "scaled_forward"):
+                gpu = api.metagrad(p, etas, t, mode=mode, dtype=dtype, device="cuda")
+                row[f"cuda_{mode}_{dtype}_s"] = _median_time(
+                    lambda mode=mode, dtype=dtype: api.metagrad(p, etas, t, mode=mode, dtype=dtype, device="cuda"), 3)
+                if d <= 1000 and m <= 64:
+                    cpu = api.metagrad(p, etas, t, mode=mode, dtype=dtype)
+                    row[f"cpu_{mode}_{dtype}_s"] = _median_time(
+                        lambda mode=mode, dtype=dtype: api.metagrad(p, etas, t, mode=mode, dtype=dtype), 1)
+                    g, c = np.atleast_1d(gpu.grad), np.atleast_1d(cpu.grad)
+                    row[f"max_rel_dev_{mode}_{dtype}"] = float(np.max(np.abs(g - c) / np.abs(c)))
+            tf = _torch_cuda_forward(np.asarray(p.H), np.asarray(p.w0), etas, t, dtype)
+            row[f"torch_cuda_forward_{dtype}_s"] = _median_time(tf, 3) if tf else None
+        rows.append(row)
+    result = {"build": {"cuda_devices": api._core.cuda_device_count()[0]}, "rows": rows, "quick": quick}
+    if out:
+        with open(out, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result

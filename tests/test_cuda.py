@@ -1,0 +1,82 @@
+"""The CUDA path: it compiles wherever nvcc is (the development machines), the extension
+imports without a GPU and says why it cannot run, and where a GPU is present its batched
+forward and scaled modes agree with the CPU."""
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import metastep as ms
+from metastep import _core
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_GPU = ms.cuda_available()[0]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_cuda_sources_compile(tmp_path):
+    src = os.path.join(ROOT, "cpp", "cuda", "batched.cu")
+    if not os.path.exists(src):
+        pytest.skip("CUDA sources not in this tree (installed package)")
+    out = tmp_path / "batched.o"
+    proc = subprocess.run(["nvcc", "-std=c++17", "-O2", "-arch=sm_90", "-c", src, "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert out.stat().st_size > 0
+
+
+def test_cuda_status_is_reported():
+    ok, why = ms.cuda_available()
+    info = ms.build_info()
+    assert info["cuda_compiled"] == bool(_core.cuda_compiled)
+    assert ok == (info["cuda_devices"] > 0)
+    if not ok:
+        assert why  # a reason, never a silent failure
+        q = ms.random_quadratic(8, seed=0)
+        with pytest.raises(RuntimeError, match="device='cuda' unavailable"):
+            ms.metagrad(q, 0.01, 10, mode="forward", device="cuda")
+
+
+def test_cuda_arguments_are_checked():
+    q = ms.random_quadratic(8, seed=0)
+    ls = ms.random_least_squares(8, 5, 0.5, seed=0)
+    with pytest.raises(ValueError, match="device"):
+        ms.metagrad(q, 0.01, 10, device="tpu")
+    with pytest.raises(ValueError, match="quadratics"):
+        ms.metagrad(ls, 0.01, 10, device="cuda")
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ms.metagrad(q, 0.01, 10, device="cuda", dtype="longdouble")
+    with pytest.raises(ValueError, match="modes"):
+        ms.metagrad(q, 0.01, 10, device="cuda", mode="reverse")
+    with pytest.raises(ValueError, match="constant step sizes"):
+        ms.metagrad(q, schedule=np.full(10, 0.01), device="cuda")
+
+
+@pytest.mark.skipif(not HAVE_GPU, reason="no CUDA device")
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-11), ("float32", 2e-3)])
+@pytest.mark.parametrize("mode", ["forward", "scaled"])
+def test_cuda_matches_cpu(dtype, rtol, mode):
+    for d, seed in ((7, 1), (100, 2), (300, 3)):
+        q = ms.random_quadratic(d, seed=seed)
+        etas = np.linspace(0.05, 1.95, 37) / q.L
+        for objective in ("final", "log"):
+            gpu = ms.metagrad(q, etas, 200, mode=mode, dtype=dtype, objective=objective, device="cuda")
+            cpu = ms.metagrad(q, etas, 200, mode=mode, dtype=dtype, objective=objective)
+            np.testing.assert_allclose(gpu.grad, cpu.grad, rtol=rtol)
+            np.testing.assert_allclose(gpu.value, cpu.value, rtol=rtol)
+
+
+@pytest.mark.skipif(not HAVE_GPU, reason="no CUDA device")
+def test_cuda_scaled_far_outside_range_and_plain_failure():
+    q = ms.Quadratic(np.diag(np.geomspace(0.01, 1.0, 100)), np.ones(100))
+    etas = np.array([0.5, 1.5, 2.5])
+    for dtype in ("float32", "float64"):
+        gpu = ms.metagrad(q, etas, 10000, mode="scaled", dtype=dtype, objective="log", device="cuda")
+        ref = ms.metagrad(q, etas, 10000, mode="exact", objective="log", dtype="longdouble")
+        np.testing.assert_allclose(gpu.grad, ref.grad, rtol=1e-3 if dtype == "float32" else 1e-9)
+    plain = ms.metagrad(q, 2.5, 1000, mode="forward", device="cuda")
+    assert plain.status.startswith("non-finite: ")
+    assert plain.status == ms.metagrad(q, 2.5, 1000, mode="forward").status.split(" at ")[0] + " at " + \
+        plain.status.split(" at ")[1]
