@@ -104,7 +104,7 @@ def canonical(x: Any) -> Any:
         return int(x)
     if isinstance(x, (float, np.floating)):
         if isinstance(x, np.floating) and x.dtype != np.float64:
-            return {"__scalar__": str(x.dtype), "hex": np.asarray(x).tobytes().hex()}
+            return {"__scalar__": str(x.dtype), "hex": _value_bytes(np.asarray(x)).hex()}
         return {"__float__": float(x).hex()}
     if isinstance(x, (list, tuple)):
         return [canonical(v) for v in x]
@@ -119,9 +119,21 @@ def canonical(x: Any) -> Any:
         if x.dtype == object:
             raise TypeError("cell parameters cannot hold object arrays")
         a = np.ascontiguousarray(x)
-        return {"__array__": a.dtype.str, "shape": list(a.shape), "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+        return {"__array__": a.dtype.str, "shape": list(a.shape),
+                "sha256": hashlib.sha256(_value_bytes(a)).hexdigest()}
     raise TypeError(f"cell parameters must be plain data (None, bool, int, float, str, list, dict, numpy "
                     f"array); got {type(x).__name__}")
+
+
+def _value_bytes(a: np.ndarray) -> bytes:
+    """The bytes that carry an array's values: x87 long doubles occupy 16 bytes of which only
+    10 hold the number (the padding is arbitrary), so the padding is dropped."""
+    if a.dtype.kind in "fc" and a.dtype.base == np.dtype(np.longdouble) and np.finfo(np.longdouble).nmant == 63 \
+            and a.dtype.itemsize in (12, 16, 24, 32):
+        per = a.dtype.itemsize // (2 if a.dtype.kind == "c" else 1)
+        raw = np.frombuffer(a.tobytes(), dtype=np.uint8).reshape(-1, per)[:, :10]
+        return raw.tobytes()
+    return a.tobytes()
 
 
 def _fn_name(fn: Callable[..., Any]) -> str:
