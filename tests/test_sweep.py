@@ -65,6 +65,7 @@ def _tests_dir_on_worker_path(monkeypatch):
 # ------------------------------------------------------------------------------------------------
 
 def test_local_cluster_bit_identical_to_serial(tmp_path):
+    pytest.importorskip("distributed")
     # later cells are faster, so with 2 workers cells finish out of grid order
     grid = [{"seed": s, "n": 40, "pause": 0.02 * (12 - s)} for s in range(12)]
     serial = sweep.run_sweep(linalg_cell, grid, progress=False)
@@ -81,6 +82,7 @@ def test_local_cluster_bit_identical_to_serial(tmp_path):
 
 
 def test_stability_study_on_two_workers_matches_serial(tmp_path):
+    pytest.importorskip("distributed")
     q = st.default_problem(seed=1, d=12)
     kw = dict(modes=("reverse", "scaled_forward", "exact"), dtypes=("float32", "float64", "longdouble"),
               steps=(10, 300, 3000), etas=(0.5, 2.5), progress=False, plot=False, max_cell_seconds=1e9)
@@ -294,6 +296,7 @@ def test_cli_sweep_options(tmp_path, capsys, monkeypatch):
 
 
 def test_cli_stability_on_two_workers(tmp_path, capsys):
+    pytest.importorskip("distributed")
     rc = cli.main(["stability", "--out", str(tmp_path), "--d", "8", "--steps", "10,1000", "--etas", "0.5,2.5",
                    "--dtypes", "float64", "--modes", "reverse,scaled_forward", "--no-progress", "--no-plots",
                    "--workers", "2"])
@@ -301,3 +304,32 @@ def test_cli_stability_on_two_workers(tmp_path, capsys):
     assert rc == 0, out
     assert "metastep stability: PASSED" in out and "dask LocalCluster, 2 worker" in out
     assert len(os.listdir(tmp_path / "cells")) == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# E3/E4: the pass over the meta-training tasks as a sweep over task chunks
+# ------------------------------------------------------------------------------------------------
+
+def test_e3_e4_task_chunks_on_two_workers_match_prepare_many(tmp_path):
+    pytest.importorskip("distributed")
+    from metastep import tuning
+    from metastep.experiments import e3
+    from metastep.tasks import TaskFamily
+    big = TaskFamily(30, 80, 0, 0, 1.0, 70, 5, "train", True)          # d-space (n > d) and n-space views
+    fams = [big, big.with_split(40, 40), big.with_split(20, 0), big.with_split(10, 10)]
+    on = ["train", "valid", "train", "valid"]
+    assert len(tuning._chunks(70, tuning._chunk_size(80, 30))) == 3
+    ref, rprep = tuning.grid_search_many(fams, 12, on, sigmas=[0.5, 2.0])
+    loc, lprep = e3.grid_search_sweep(fams, 12, on, sigmas=[0.5, 2.0])
+    par, pprep = e3.grid_search_sweep(fams, 12, on, sigmas=[0.5, 2.0], workers=2, cells_dir=str(tmp_path))
+    assert len(os.listdir(tmp_path)) == 3
+    for r, a, b in zip(ref, loc, par):
+        for g in (a, b):
+            for k in ("values", "per_task", "best_eta", "best_value", "truncated_fraction"):
+                assert np.array_equal(getattr(r, k), getattr(g, k)), k
+    for r, a, b in zip(rprep, lprep, pprep):
+        for g in (a, b):
+            assert (r.on, r.space, r.n_train, r.n_valid) == (g.on, g.space, g.n_train, g.n_valid)
+            for k in ("theta", "C", "nu", "yy", "A", "Mv", "Yv", "F_train", "F_valid"):
+                x, y = getattr(r, k), getattr(g, k)
+                assert (x is None and y is None) or np.array_equal(x, y), k
