@@ -248,12 +248,21 @@ def test_bad_input_is_refused_clearly(tmp_path):
         sweep.run_sweep(lambda x: x, grid)
     with pytest.raises(TypeError, match="plain data"):
         sweep.run_sweep(failing_cell, [{"x": object()}])
+    with pytest.raises(TypeError, match=r"grid\[1\] must be a dict"):
+        sweep.run_sweep(failing_cell, [{"x": 1}, 2])
     with pytest.raises(ValueError, match="duplicate cells"):
         sweep.run_sweep(failing_cell, [{"x": 1}, {"x": 2}, {"x": 1}])
     with pytest.raises(ValueError, match="threads must be at least 1"):
         sweep.run_sweep(failing_cell, grid, threads=0)
     with pytest.raises(ValueError, match="workers must be at least 1"):
         st.stability_study(st.default_problem(d=4), workers=0, progress=False)
+
+
+def test_missing_dask_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "distributed", None)      # as if Dask were not installed
+    with pytest.raises(ImportError, match=r"pip install 'metastep\[dask\]'"):
+        sweep.run_sweep(failing_cell, [{"x": 1}], workers=2, progress=False)
+    assert cli.main(["stability", "--out", str(tmp_path), "--workers", "2", "--no-progress"]) == 2
 
 
 def test_unreachable_scheduler_is_a_clear_error():

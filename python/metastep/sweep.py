@@ -285,7 +285,8 @@ class SweepResult:
 
 
 def validate_executor(workers: Any = None, scheduler: Any = None, threads: Any = 1) -> None:
-    """Raise ``ValueError``/``TypeError`` for bad executor options (before any work starts)."""
+    """Raise ``ValueError``/``TypeError`` for bad executor options, and ``ImportError`` when they
+    need Dask and it is not installed (before any work starts)."""
     if workers is not None:
         if isinstance(workers, (bool, np.bool_)) or not isinstance(workers, (int, np.integer)):
             raise TypeError(f"workers must be a positive integer; got {workers!r}")
@@ -301,6 +302,8 @@ def validate_executor(workers: Any = None, scheduler: Any = None, threads: Any =
         raise TypeError(f"threads must be a positive integer; got {threads!r}")
     if int(threads) < 1:
         raise ValueError(f"threads must be at least 1; got {threads}")
+    if workers is not None or scheduler is not None:
+        _import_dask()
 
 
 def run_sweep(fn: Callable[..., Any], grid: Sequence[Mapping[str, Any]], *, cells_dir: Optional[str] = None,
@@ -353,10 +356,10 @@ def run_sweep(fn: Callable[..., Any], grid: Sequence[Mapping[str, Any]], *, cell
     if isinstance(retries, bool) or not isinstance(retries, (int, np.integer)) or retries < 0:
         raise ValueError(f"retries must be a non-negative integer; got {retries!r}")
     fn_name = _fn_name(fn)
+    for i, p in enumerate(grid):
+        if not isinstance(p, Mapping):
+            raise TypeError(f"grid[{i}] must be a dict of parameters; got {type(p).__name__}")
     cells = [dict(p) for p in grid]
-    for i, p in enumerate(cells):
-        if not isinstance(grid[i], Mapping):
-            raise TypeError(f"grid[{i}] must be a dict of parameters; got {type(grid[i]).__name__}")
     keys = [cell_key(fn, p, version) for p in cells]
     if len(set(keys)) != len(keys):
         dup = next(i for i, k in enumerate(keys) if keys.index(k) != i)
