@@ -40,6 +40,10 @@ def linalg_cell(seed, n, pause=0.0, log=None):
     return {"seed": seed, "G": G, "lam": lam, "grad": r.grad, "solve": np.linalg.solve(G + np.eye(n), A[:, 0])}
 
 
+def _pretend_other_code():
+    sweep._FINGERPRINT = "0" * 16
+
+
 def failing_cell(x):
     if x == 3:
         raise RuntimeError("cell three is broken")
@@ -145,6 +149,11 @@ def test_killed_worker_costs_only_its_cells(tmp_path):
                 lost = set(running)
             time.sleep(0.01)
         th.join(120)
+        # a worker with other metastep code is refused (its cells could have other bits)
+        client.wait_for_workers(2, timeout=60)            # the nanny has restarted the victim
+        client.run(_pretend_other_code, workers=[sorted(client.scheduler_info()["workers"])[0]])
+        with pytest.raises(sweep.SweepError, match="1 of 2 workers run other metastep code"):
+            sweep.run_sweep(linalg_cell, grid[:2], scheduler=cluster.scheduler_address, progress=False)
     assert lost is not None, "the sweep finished before a worker could be killed"
     assert "exc" not in box, box.get("exc")
     res = box["res"]

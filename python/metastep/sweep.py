@@ -24,7 +24,8 @@ Resuming
     installed metastep code: a rerun on the same folder loads the finished cells and computes
     only the missing ones, and a cell computed by other code or with other parameters is never
     reused.  The driver (this process) writes the files, so the workers of a multi-machine
-    cluster need no shared file system.  The files are pickles: load only folders you wrote.
+    cluster need no shared file system; they need the same metastep code, which is checked
+    when the sweep connects (``check_code``).  The files are pickles: load only folders you wrote.
 
 Failures
     A worker process that dies (killed, out of memory, machine lost) costs only the cells it
@@ -309,7 +310,7 @@ def validate_executor(workers: Any = None, scheduler: Any = None, threads: Any =
 def run_sweep(fn: Callable[..., Any], grid: Sequence[Mapping[str, Any]], *, cells_dir: Optional[str] = None,
               workers: Optional[int] = None, scheduler: Optional[str] = None, threads: int = 1,
               progress: bool = True, desc: str = "sweep", retries: int = 2, resume: bool = True,
-              version: str = "", connect_timeout: float = CONNECT_TIMEOUT) -> SweepResult:
+              version: str = "", connect_timeout: float = CONNECT_TIMEOUT, check_code: bool = True) -> SweepResult:
     """Compute ``fn(**params)`` for every ``params`` in ``grid``; results in grid order.
 
     Parameters
@@ -342,6 +343,10 @@ def run_sweep(fn: Callable[..., Any], grid: Sequence[Mapping[str, Any]], *, cell
         Extra text mixed into the cell keys (change it to invalidate stored cells).
     connect_timeout : float
         Seconds to wait for ``scheduler``.
+    check_code : bool
+        With ``scheduler``: refuse to run when a connected worker has other metastep code
+        (:func:`code_fingerprint`: its Python files or compiled module differ), since its cells
+        could come out with other bits.
 
     Returns
     -------
@@ -407,7 +412,7 @@ def run_sweep(fn: Callable[..., Any], grid: Sequence[Mapping[str, Any]], *, cell
                 _run_local(fn, cells, pending, int(threads), finish, computed)
             else:
                 _run_dask(fn, cells, keys, pending, workers, scheduler, int(retries), float(connect_timeout),
-                          finish, computed)
+                          bool(check_code), finish, computed)
     finally:
         if bar is not None:
             bar.close()
@@ -511,12 +516,30 @@ def _connect(scheduler: Optional[str], workers: Optional[int], timeout: float) -
     return client, cluster
 
 
+def _check_worker_code(client: Any, scheduler: Optional[str]) -> None:
+    """Refuse workers whose installed metastep differs from this process's (other code, other
+    bits); workers that join later are not checked."""
+    try:
+        seen = client.run(code_fingerprint)
+    except Exception as exc:
+        raise SweepError(f"could not run metastep on the workers of {scheduler!r} (is metastep installed there, "
+                         f"in the environment the workers run in?): {exc!r}") from exc
+    mine = code_fingerprint()
+    other = sorted(addr for addr, fp in seen.items() if fp != mine)
+    if other:
+        raise SweepError(f"{len(other)} of {len(seen)} workers run other metastep code than this process "
+                         f"(code fingerprint {mine}): {', '.join(other[:4])}{' ...' if len(other) > 4 else ''}; "
+                         "install the same metastep build everywhere, or pass check_code=False to accept it")
+
+
 def _run_dask(fn: Callable[..., Any], cells: List[Dict[str, Any]], keys: List[str], pending: List[int],
-              workers: Optional[int], scheduler: Optional[str], retries: int, timeout: float,
+              workers: Optional[int], scheduler: Optional[str], retries: int, timeout: float, check_code: bool,
               finish: Callable[[int, Any, float], None], computed: List[int]) -> None:
     client, cluster = _connect(scheduler, workers, timeout)
     distributed = sys.modules["distributed"]
     try:
+        if check_code and scheduler is not None:
+            _check_worker_code(client, scheduler)
         token = uuid.uuid4().hex[:8]
         futs = {}
         for i in pending:            # submitted in grid order: workers pick them up in that order
