@@ -10,8 +10,10 @@ rows each) and train RMSE, test RMSE and ‖w − w*‖² are recorded at every 
 
 Common random numbers: every η, every σ and both methods are evaluated on the *same* tasks
 (y = Xw* + σξ with the same X, w*, ξ; TbV uses the same rows split in two), in one pass over
-the tasks (:func:`metastep.tuning.grid_search_many`: one Gram matrix and one block Krylov space
-per task and method serve all 25 η × 5 σ exactly).  Meta-gradient descent (Adam on log η) is
+the tasks (:func:`grid_search_sweep`, the computation of :func:`metastep.tuning.grid_search_many`
+as a sweep over chunks of tasks that can run on a Dask cluster and resumes from
+``OUT/e3/cells``: one Gram matrix and one block Krylov space per task and method serve all
+25 η × 5 σ exactly).  Meta-gradient descent (Adam on log η) is
 run on the same prepared tasks for every (method, σ) and must land within one grid cell of the
 grid optimum (Adam with β₂ = 0.9 on log η, learning rate 0.3/√k, descending on log F — the
 same minimizer as F, with scale-free meta-gradients); the fast path is cross-checked against
@@ -86,11 +88,12 @@ def prep_cell(d: int, seed: int, stream: Any, m: int, rows: int, splits: List[Li
 
 def prepare_sweep(families: Sequence[TaskFamily], steps: int, on: Sequence[str], *, cells_dir: Optional[str] = None,
                   workers: Optional[int] = None, scheduler: Optional[str] = None, progress: bool = False,
-                  desc: str = "tasks") -> List[Any]:
+                  desc: str = "tasks", info: Optional[Dict[str, Any]] = None) -> List[Any]:
     """:func:`metastep.tuning.prepare_many` as a sweep over chunks of tasks (one cell per chunk,
     the chunks prepare_many uses): in this process on two threads, on a local Dask cluster
     (``workers``) or an existing one (``scheduler``); each finished chunk is kept in
-    ``cells_dir`` and reused by a rerun.  Returns bit-identical PreparedTasks."""
+    ``cells_dir`` and reused by a rerun.  Returns bit-identical PreparedTasks; ``info`` (a
+    dict), when given, receives where the cells ran and how many were computed or reused."""
     from .. import sweep
     if not families or len(on) != len(families):
         raise ValueError("give one 'on' per family and at least one family")
@@ -112,6 +115,9 @@ def prepare_sweep(families: Sequence[TaskFamily], steps: int, on: Sequence[str],
     res = sweep.run_sweep(prep_cell, grid, cells_dir=cells_dir, workers=workers, scheduler=scheduler,
                           threads=tuning._workers(), progress=progress, desc=desc)
     seconds = time.perf_counter() - start
+    if info is not None:
+        info.update(executor=res.executor, cells=len(res), computed=len(res.computed), loaded=len(res.loaded),
+                    cells_dir=cells_dir)
     out = []
     for i, (f, (o, n1, nv)) in enumerate(zip(families, splits)):
         items = [r[i] for r in res.results]
@@ -130,15 +136,15 @@ def prepare_sweep(families: Sequence[TaskFamily], steps: int, on: Sequence[str],
 
 def grid_search_sweep(families: Sequence[TaskFamily], steps: int, on: Sequence[str], *, sigmas: Any,
                       cells_dir: Optional[str] = None, workers: Optional[int] = None,
-                      scheduler: Optional[str] = None, progress: bool = False,
-                      desc: str = "tasks") -> Tuple[List[Any], List[Any]]:
+                      scheduler: Optional[str] = None, progress: bool = False, desc: str = "tasks",
+                      info: Optional[Dict[str, Any]] = None) -> Tuple[List[Any], List[Any]]:
     """:func:`metastep.tuning.grid_search_many` (GD, the paper's grid, objective "final") with the
     pass over the tasks run by :func:`prepare_sweep`; the same results bit for bit."""
     start = time.perf_counter()
     etas = tuning.PAPER_GRID.copy()
     sig = np.atleast_1d(np.asarray(sigmas, dtype=float))
     preps = prepare_sweep(families, steps, on, cells_dir=cells_dir, workers=workers, scheduler=scheduler,
-                          progress=progress, desc=desc)
+                          progress=progress, desc=desc, info=info)
     out = []
     for p in preps:
         res = p.objective(etas, sig, objective="final", grad=False)
@@ -166,10 +172,11 @@ def tune_and_evaluate(cfg: Dict[str, Any], seed: int, progress: bool, batch_size
     t = cfg["t"]
     tbt, tbv = families(cfg, seed)
     t0 = time.perf_counter()
+    sweep_info: Dict[str, Any] = {}
     if batch_size is None:
         grids, preps = grid_search_sweep([tbt, tbv], t, ["train", "valid"], sigmas=sig, cells_dir=cells_dir,
                                          workers=workers, scheduler=scheduler, progress=progress,
-                                         desc=f"{tag} meta-training task chunks (all η, σ)")
+                                         desc=f"{tag} meta-training task chunks (all η, σ)", info=sweep_info)
     else:
         if workers is not None or scheduler is not None:
             raise ValueError("the SGD variant runs in this process only (no workers/scheduler)")
@@ -219,7 +226,7 @@ def tune_and_evaluate(cfg: Dict[str, Any], seed: int, progress: bool, batch_size
     timing["evaluation"] = time.perf_counter() - t0
     return {"grid": grid, "preps": preps, "meta": meta, "grid_subset": grid_sub,
             "evals": {k: e for k, e in zip(keys, evs)}, "sigmas": sig, "timing": timing,
-            "meta_tasks": meta_tasks, "meta_sigmas": msig}
+            "meta_tasks": meta_tasks, "meta_sigmas": msig, "sweep": sweep_info}
 
 
 def engine_check(cfg: Dict[str, Any], seed: int, preps: Sequence[Any], sigma: float = 1.0,
@@ -404,7 +411,7 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True,
     res["timing"]["output"] = time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     res["timing"]["total"] = seconds
-    summary = write_summary(exp_dir, NAME, checks, seconds, quick=quick, seed=seed,
+    summary = write_summary(exp_dir, NAME, checks, seconds, quick=quick, seed=seed, sweep=res["sweep"],
                             config={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
                             results=result_rows(res), timing=res["timing"], figures=figures, data=paths)
     summary["results"] = res

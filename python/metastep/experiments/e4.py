@@ -76,11 +76,12 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True,
 
     specs = _families(cfg, seed, "train", cfg["m"])
     t0 = time.perf_counter()
+    sweep_info: Dict[str, Any] = {}
     grids, preps = grid_search_sweep([f for _, _, f in specs], t, ["train" if m == "tbt" else "valid"
                                                                    for _, m, _ in specs],
                                      sigmas=[sigma], cells_dir=os.path.join(exp_dir, "cells"), workers=workers,
                                      scheduler=scheduler, progress=progress,
-                                     desc="E4 meta-training task chunks (all n, η)")
+                                     desc="E4 meta-training task chunks (all n, η)", info=sweep_info)
     timing["grid_search"] = time.perf_counter() - t0
     assert preps is not None
     grid = {(n, m): g for (n, m, _), g in zip(specs, grids)}
@@ -137,7 +138,7 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True,
     timing["output"] = time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     timing["total"] = seconds
-    summary = write_summary(exp_dir, NAME, checks, seconds, quick=quick, seed=seed,
+    summary = write_summary(exp_dir, NAME, checks, seconds, quick=quick, seed=seed, sweep=sweep_info,
                             config={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
                             results=rows, observations=observations, timing=timing, figures=figures, data=paths)
     summary["results"] = res
