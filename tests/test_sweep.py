@@ -40,6 +40,12 @@ def linalg_cell(seed, n, pause=0.0, log=None):
     return {"seed": seed, "G": G, "lam": lam, "grad": r.grad, "solve": np.linalg.solve(G + np.eye(n), A[:, 0])}
 
 
+def crashing_cell(x):
+    if x == 2:
+        os._exit(13)             # the worker process dies with this cell, every time
+    return x
+
+
 def _pretend_other_code():
     sweep._FINGERPRINT = "0" * 16
 
@@ -265,6 +271,16 @@ def test_bad_input_is_refused_clearly(tmp_path):
         sweep.run_sweep(failing_cell, grid, threads=0)
     with pytest.raises(ValueError, match="workers must be at least 1"):
         st.stability_study(st.default_problem(d=4), workers=0, progress=False)
+
+
+def test_cell_that_kills_every_worker_fails_clearly(tmp_path):
+    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed")
+    grid = [{"x": x} for x in range(4)]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        with pytest.raises(sweep.SweepError, match=r"cell 2 \(x=2\) was running on workers that died repeatedly"):
+            sweep.run_sweep(crashing_cell, grid, workers=2, cells_dir=str(tmp_path), progress=False)
+    assert f"{sweep.cell_key(crashing_cell, grid[2])}.pkl" not in os.listdir(tmp_path)
 
 
 def test_missing_dask_is_a_clear_error(monkeypatch, tmp_path):
