@@ -227,6 +227,19 @@ def test_failed_cell_keeps_finished_cells_and_names_the_cell(tmp_path):
 # keys, threads, bad input
 # ------------------------------------------------------------------------------------------------
 
+def test_priority_changes_only_the_order_of_computation(tmp_path):
+    log = str(tmp_path / "log")
+    grid = [{"seed": s, "n": 10, "log": log} for s in range(5)]
+    plain = sweep.run_sweep(linalg_cell, grid, progress=False)
+    first = sweep.run_sweep(linalg_cell, grid, priority=[0, 0, 5, 1, 0], progress=False)
+    with open(log) as fh:
+        order = [int(ln.split()[0]) for ln in fh][5:]
+    assert order == [2, 3, 0, 1, 4]
+    _same(plain.results, first.results)
+    with pytest.raises(ValueError, match="one entry per cell"):
+        sweep.run_sweep(linalg_cell, grid, priority=[1, 2])
+
+
 def test_cell_keys_are_stable_and_exact():
     k = sweep.cell_key(linalg_cell, {"seed": 1, "n": 3})
     assert k == sweep.cell_key(linalg_cell, {"n": 3, "seed": 1})               # order of keys

@@ -417,7 +417,8 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
     from . import sweep
     cells_dir = None if out_dir is None or not resume else os.path.join(out_dir, "cells")
     res = sweep.run_sweep(study_cell, grid, cells_dir=cells_dir, workers=workers, scheduler=scheduler,
-                          progress=progress, desc="stability study")
+                          progress=progress, desc="stability study",
+                          priority=[_cost_estimate(c["mode"], c["dtype"], steps) for c in grid])
     for out in res.results:
         report.rows.extend(out["rows"])
         report.skipped.extend(out["skipped"])
@@ -431,6 +432,16 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
         if plot:
             plot_study(report, out_dir, problem)
     return report
+
+
+#: Rough relative cost of one step per precision and per mode (measured on a d = 100 study); used
+#: only to start the longest cells first.
+_DTYPE_COST = {"float32": 1.0, "float64": 1.0, "longdouble": 1.5, "quad": 8.0, "mp": 30.0}
+_MODE_COST = {"checkpoint": 2.0, "fd": 2.0, "exact": 0.05}
+
+
+def _cost_estimate(mode: str, dtype: str, steps: Sequence[int]) -> float:
+    return float(sum(steps)) * _DTYPE_COST.get(dtype, 30.0) * _MODE_COST.get(mode, 1.0)
 
 
 class _Oracle:

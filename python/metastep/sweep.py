@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import os
 import pickle
 import sys
@@ -310,7 +311,8 @@ def validate_executor(workers: Any = None, scheduler: Any = None, threads: Any =
 def run_sweep(fn: Callable[..., Any], grid: Sequence[Mapping[str, Any]], *, cells_dir: Optional[str] = None,
               workers: Optional[int] = None, scheduler: Optional[str] = None, threads: int = 1,
               progress: bool = True, desc: str = "sweep", retries: int = 2, resume: bool = True,
-              version: str = "", connect_timeout: float = CONNECT_TIMEOUT, check_code: bool = True) -> SweepResult:
+              version: str = "", connect_timeout: float = CONNECT_TIMEOUT, check_code: bool = True,
+              priority: Optional[Sequence[float]] = None) -> SweepResult:
     """Compute ``fn(**params)`` for every ``params`` in ``grid``; results in grid order.
 
     Parameters
@@ -343,6 +345,10 @@ def run_sweep(fn: Callable[..., Any], grid: Sequence[Mapping[str, Any]], *, cell
         Extra text mixed into the cell keys (change it to invalidate stored cells).
     connect_timeout : float
         Seconds to wait for ``scheduler``.
+    priority : sequence of float, optional
+        One number per cell: cells with larger numbers start first (e.g. an estimate of their
+        cost, so that the longest cells do not start last and leave workers idle at the end).
+        Only the order of computation changes, never the results or their order.
     check_code : bool
         With ``scheduler``: refuse to run when a connected worker has other metastep code
         (:func:`code_fingerprint`: its Python files or compiled module differ), since its cells
@@ -383,6 +389,13 @@ def run_sweep(fn: Callable[..., Any], grid: Sequence[Mapping[str, Any]], *, cell
                     results[i] = r
                     loaded.append(i)
     pending = [i for i in range(n) if results[i] is _MISSING]
+    if priority is not None:
+        if len(priority) != n:
+            raise ValueError(f"priority must have one entry per cell ({n}); got {len(priority)}")
+        prio = [float(p) for p in priority]
+        if not all(math.isfinite(p) for p in prio):
+            raise ValueError("priority must hold finite numbers")
+        pending.sort(key=lambda i: (-prio[i], i))      # stable: grid order among equals
 
     if scheduler is not None:
         executor = f"dask scheduler {scheduler}"
@@ -542,9 +555,9 @@ def _run_dask(fn: Callable[..., Any], cells: List[Dict[str, Any]], keys: List[st
             _check_worker_code(client, scheduler)
         token = uuid.uuid4().hex[:8]
         futs = {}
-        for i in pending:            # submitted in grid order: workers pick them up in that order
+        for rank, i in enumerate(pending):      # earlier in `pending` (priority, then grid order) runs first
             f = client.submit(_run_cell_on_worker, fn, cells[i], key=f"metastep-cell-{keys[i]}-{token}",
-                              retries=retries, pure=False)
+                              retries=retries, pure=False, priority=len(pending) - rank)
             futs[f] = i
         try:
             for f in distributed.as_completed(list(futs), loop=client.loop):
