@@ -13,6 +13,7 @@ import numpy as np
 
 from . import api, problems
 from ._validate import DTYPES
+from .sweep import add_cli_arguments as add_sweep_arguments
 
 
 def _fmt(x: float) -> str:
@@ -179,12 +180,31 @@ def _short(x: Any, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _supports_sweep(module: Any) -> bool:
+    """Whether an experiment's ``run`` takes ``workers`` and ``scheduler`` (metastep.sweep)."""
+    import inspect
+    params = inspect.signature(module.run).parameters
+    return "workers" in params and "scheduler" in params
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import experiments
+    from .sweep import cli_options
     names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
+    opts = cli_options(args)
+    if opts and args.name != "all" and not _supports_sweep(experiments.get(args.name)):
+        supported = [n for n in experiments.EXPERIMENTS if _supports_sweep(experiments.get(n))]
+        raise ValueError(f"{args.name} does not support --workers/--scheduler (supported: {', '.join(supported)})")
     ok = True
     for name in names:
-        summary = experiments.run(name, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+        if opts and _supports_sweep(experiments.get(name)):
+            summary = experiments.get(name).run(args.out, quick=args.quick, seed=args.seed,
+                                                progress=not args.no_progress, **opts)
+        else:
+            if opts:
+                print(f"note: {name} runs in this process (it does not support --workers/--scheduler)")
+            summary = experiments.run(name, args.out, quick=args.quick, seed=args.seed,
+                                      progress=not args.no_progress)
         _print_checks(f"metastep reproduce {name}{' --quick' if args.quick else ''}", summary,
                       f"{args.out}/{name}/summary.json")
         ok = ok and bool(summary["passed"])
@@ -199,6 +219,7 @@ def _csv_list(text: Optional[str], conv: Any) -> Optional[list]:
 
 def cmd_stability(args: argparse.Namespace) -> int:
     from . import stability
+    from .sweep import cli_options
     steps = _csv_list(args.steps, lambda x: int(float(x)))
     if steps is None:
         steps = [10, 100, 1000] if args.quick else [10, 100, 1000, 10**4, 10**5]
@@ -210,7 +231,8 @@ def cmd_stability(args: argparse.Namespace) -> int:
     rep = stability.stability_study(problem, modes=_csv_list(args.modes, str), dtypes=_csv_list(args.dtypes, str),
                                     steps=steps, etas=etas, objective=args.objective, out_dir=args.out,
                                     progress=not args.no_progress, tol=args.tol, seed=args.seed,
-                                    max_cell_seconds=max_cell, plot=not args.no_plots)
+                                    max_cell_seconds=max_cell, plot=not args.no_plots, **cli_options(args))
+    print(f"cells ran on: {rep.executor}")
     print()
     print("first failing t (status-only in parentheses) per mode / precision / objective:")
     head = f"{'mode':<15} {'dtype':<11} {'objective':<9} " + " ".join(f"{'eta=' + format(e, 'g'):>16}" for e in rep.etas)
@@ -274,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quick", action="store_true", help="reduced version that runs in seconds")
     r.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_sweep_arguments(r)
     r.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("stability", help="sweep mode x precision x t x eta against the exact oracle",
@@ -295,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip cells predicted to take longer (default 120, quick 10)")
     s.add_argument("--no-plots", action="store_true", help="tables only")
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_sweep_arguments(s)
     s.set_defaults(func=cmd_stability)
 
     b = sub.add_parser("bench", help="time the modes against NumPy, JAX, PyTorch and this machine's roofline",
@@ -333,10 +357,11 @@ def _bench_argv(args: argparse.Namespace) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .sweep import SweepError
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValueError, TypeError, MemoryError) as exc:
+    except (ValueError, TypeError, MemoryError, ImportError, SweepError) as exc:
         print(f"metastep {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

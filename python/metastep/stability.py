@@ -281,6 +281,7 @@ class StabilityReport:
     checks: List[Dict[str, Any]] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
     seconds: float = 0.0
+    executor: str = "in-process"
 
     @property
     def passed(self) -> bool:
@@ -317,7 +318,8 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
                     etas: Sequence[float] = (0.5, 1.5, 2.5), objective: str = "log",
                     out_dir: Optional[str] = None, progress: bool = True, *, tol: float = 1e-6,
                     seed: int = 0, oracle_dtype: Optional[str] = None, memory_limit: int = 2**30,
-                    max_cell_seconds: float = 120.0, plot: bool = True) -> StabilityReport:
+                    max_cell_seconds: float = 120.0, plot: bool = True, workers: Optional[int] = None,
+                    scheduler: Optional[str] = None, resume: bool = True) -> StabilityReport:
     """Sweep mode × precision × t × η and compare every meta-gradient with the closed form.
 
     Parameters
@@ -353,8 +355,19 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
         skipped with the reason.
     plot : bool
         Write the figures (needs matplotlib) when ``out_dir`` is given.
+    workers, scheduler : optional
+        Run the cells — one per (mode, precision, objective), all t and η — on a local Dask
+        cluster of ``workers`` processes or on the cluster at ``scheduler``
+        (:func:`metastep.sweep.run_sweep`); the rows are the same as in-process, in the same
+        order (only the timing fields and time-guarded skips can differ).
+    resume : bool
+        With ``out_dir``: keep each finished cell in ``out_dir/cells`` and reuse the cells found
+        there (a rerun of an interrupted study computes only the missing cells).  False: compute
+        everything and keep no cell files.
     """
     t_start = time.perf_counter()
+    from .sweep import validate_executor
+    validate_executor(workers, scheduler)
     if problem is None:
         problem = default_problem(seed)
         pname = f"default_problem(seed={seed}): d=100, eigenvalues geomspace(0.01, 1, 100), random basis, w0 ~ N(0, I)"
@@ -378,7 +391,6 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
     report = StabilityReport(problem=pname, oracle=f"mode='exact' in {odt}", steps=steps,
                              etas=[float(e) for e in eta_arr], modes=modes, dtypes=dtypes, objectives=objectives,
                              tol=float(tol))
-    d = problem.d
 
     # the oracle: one batched closed-form call per (objective, t)
     oracle: Dict[Tuple[str, int], Any] = {}
@@ -390,85 +402,27 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
             for t in steps:
                 oracle[("log", t)] = api.metagrad(problem, eta_arr, t, objective="log", mode="exact", dtype=odt)
 
-    cells = [(m, dt, obj) for m in modes for dt in dtypes for obj in objectives]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(cells) * len(steps), desc="stability study", unit="cell")
-    try:
-        for mode, dt, obj in cells:
-            prev: Optional[Tuple[int, float]] = None   # (t, seconds per step size) of the last cell run
-            dead: Dict[int, Dict[str, Any]] = {}          # eta index -> row where the run became non-finite
-            for t in steps:
-                if bar is not None:
-                    bar.set_postfix_str(f"{mode} {dt} {obj} t={t}")
-                alive = [i for i in range(len(eta_arr)) if i not in dead]
-                if mode in _PLAIN_MODES and isinstance(problem, Quadratic):
-                    doomed = []
-                    for i in alive:
-                        tau = overflow_step(problem, float(eta_arr[i]), dt, t)
-                        if tau is not None and tau < t // 2:
-                            doomed.append(i)
-                            why = (f"predicted non-finite: the exact loss exceeds the largest {dt} at inner step "
-                                   f"{tau} of {t}; not run, since the engine keeps iterating on inf/NaN for the "
-                                   f"remaining steps (minutes in x87 long double)")
-                            report.rows.append({"mode": mode, "dtype": dt, "objective": obj,
-                                                "eta": float(eta_arr[i]), "steps": t, "status": "skipped",
-                                                "ok": None, "skipped": why})
-                            report.skipped.append({"mode": mode, "dtype": dt, "objective": obj, "steps": t,
-                                                   "reason": why, "etas": [float(eta_arr[i])]})
-                    alive = [i for i in alive if i not in doomed]
-                for i, drow in dead.items():
-                    # GD with a constant step size runs the same first steps for every horizon: a run that
-                    # became non-finite in its forward sweep at step tau < t' fails at tau for every t >= t'.
-                    row = dict(drow, steps=t, seconds=0.0, inferred_from_t=drow["steps"],
-                               rel_err_grad=math.inf, rel_err_loss=math.inf, rel_err_F=math.inf)
-                    report.rows.append(row)
-                if not alive:
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                reason = None
-                if mode in ("reverse", "scaled_reverse"):
-                    need = (t + 1) * d * _itemsize(dt)
-                    if need > memory_limit:
-                        reason = (f"memory: {mode} would store {t + 1} states of dimension {d} in {dt} "
-                                  f"({need / 2**20:.0f} MiB > limit {memory_limit / 2**20:.0f} MiB)")
-                if reason is None and prev is not None and prev[1] > 0:
-                    predicted = prev[1] * len(alive) * t / prev[0]
-                    if predicted > max_cell_seconds:
-                        reason = (f"time: predicted {predicted:.0f} s (from {prev[1] * len(alive):.2f} s at "
-                                  f"t={prev[0]}) > limit {max_cell_seconds:.0f} s")
-                if reason is None:
-                    t0 = time.perf_counter()
-                    try:
-                        r = api.metagrad(problem, eta_arr[alive], t, objective=obj, mode=mode, dtype=dt)
-                    except (ValueError, MemoryError) as exc:
-                        reason = f"refused: {exc}"
-                    sec = time.perf_counter() - t0
-                if reason is not None:
-                    report.skipped.append({"mode": mode, "dtype": dt, "objective": obj, "steps": t, "reason": reason,
-                                           "etas": [float(eta_arr[i]) for i in alive]})
-                    for i in alive:
-                        report.rows.append({"mode": mode, "dtype": dt, "objective": obj, "eta": float(eta_arr[i]),
-                                            "steps": t, "status": "skipped", "ok": None, "skipped": reason})
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                prev = (t, sec / len(alive))
-                ref = oracle[(obj, t)]
-                ref_log = oracle[("log", t)]
-                for j, i in enumerate(alive):
-                    row = _row(mode, dt, obj, float(eta_arr[i]), t, r, j, ref, ref_log, i, sec / len(alive))
-                    report.rows.append(row)
-                    if (row["fail_kind"] == "non-finite" and row["fail_quantity"] in _FORWARD_QUANTITIES
-                            and row["fail_step"] is not None and int(row["fail_step"]) < t):
-                        dead[i] = row
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+    # one sweep cell per (mode, precision, objective): its horizons run in order inside the cell,
+    # since a cell reuses what smaller t found (non-finite runs, time per step size)
+    pdata = _problem_params(problem)
+    grid = []
+    for mode in modes:
+        for dt in dtypes:
+            for obj in objectives:
+                grid.append({"problem": pdata, "mode": mode, "dtype": dt, "objective": obj, "steps": steps,
+                             "etas": [float(e) for e in eta_arr],
+                             "oracle": {str(t): _oracle_data(oracle[(obj, t)]) for t in steps},
+                             "oracle_log": {str(t): _oracle_data(oracle[("log", t)]) for t in steps},
+                             "memory_limit": int(memory_limit), "max_cell_seconds": float(max_cell_seconds)})
+    from . import sweep
+    cells_dir = None if out_dir is None or not resume else os.path.join(out_dir, "cells")
+    res = sweep.run_sweep(study_cell, grid, cells_dir=cells_dir, workers=workers, scheduler=scheduler,
+                          progress=progress, desc="stability study",
+                          priority=[_cost_estimate(c["mode"], c["dtype"], steps) for c in grid])
+    for out in res.results:
+        report.rows.extend(out["rows"])
+        report.skipped.extend(out["skipped"])
+    report.executor = res.executor
 
     _first_failures(report)
     _acceptance(report)
@@ -478,6 +432,126 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
         if plot:
             plot_study(report, out_dir, problem)
     return report
+
+
+#: Rough relative cost of one step per precision and per mode (measured on a d = 100 study); used
+#: only to start the longest cells first.
+_DTYPE_COST = {"float32": 1.0, "float64": 1.0, "longdouble": 1.5, "quad": 8.0, "mp": 30.0}
+_MODE_COST = {"checkpoint": 2.0, "fd": 2.0, "exact": 0.05}
+
+
+def _cost_estimate(mode: str, dtype: str, steps: Sequence[int]) -> float:
+    return float(sum(steps)) * _DTYPE_COST.get(dtype, 30.0) * _MODE_COST.get(mode, 1.0)
+
+
+class _Oracle:
+    """Oracle values of one (objective, t) as plain data (attribute access like a result)."""
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        self.__dict__.update(data)
+
+
+_ORACLE_FIELDS = ("grad", "log_abs_grad", "sign_grad", "grad_ext", "grad_text", "value", "log_abs_value")
+
+
+def _oracle_data(r: Any) -> Dict[str, Any]:
+    out = {}
+    for k in _ORACLE_FIELDS:
+        v = getattr(r, k, None)
+        out[k] = list(v) if isinstance(v, (list, tuple)) else (np.asarray(v) if v is not None else None)
+    return out
+
+
+def _problem_params(problem: Any) -> Dict[str, Any]:
+    if isinstance(problem, Quadratic):
+        return {"kind": "quadratic", "H": problem.H, "w0": problem.w0, "w_star": problem.w_star}
+    if isinstance(problem, LeastSquares):
+        return {"kind": "least_squares", "X": problem.X, "y": problem.y, "X_valid": problem.X_valid,
+                "y_valid": problem.y_valid, "w0": problem.w0}
+    raise TypeError(f"problem must be a Quadratic or LeastSquares, not {type(problem).__name__}")
+
+
+def _problem_from_params(p: Dict[str, Any]) -> Any:
+    if p["kind"] == "quadratic":
+        return Quadratic(p["H"], p["w0"], p["w_star"])
+    return LeastSquares(p["X"], p["y"], p["X_valid"], p["y_valid"], p["w0"])
+
+
+def study_cell(problem: Dict[str, Any], mode: str, dtype: str, objective: str, steps: List[int], etas: List[float],
+               oracle: Dict[str, Dict[str, Any]], oracle_log: Dict[str, Dict[str, Any]], memory_limit: int,
+               max_cell_seconds: float) -> Dict[str, List[Dict[str, Any]]]:
+    """One sweep cell of :func:`stability_study`: every horizon t and step size η of one (mode,
+    precision, objective), in increasing t.  Returns ``{"rows": [...], "skipped": [...]}``.
+
+    A pure function of its parameters except for the time guard (a cell predicted from the
+    previous t to take longer than ``max_cell_seconds`` is skipped) and the ``seconds`` field."""
+    from .sweep import cell_threads
+    prob = _problem_from_params(problem)
+    mode, dt, obj = mode, dtype, objective
+    eta_arr = np.asarray(etas, dtype=np.float64)
+    d = prob.d
+    rows: List[Dict[str, Any]] = []
+    skipped: List[Dict[str, Any]] = []
+    prev: Optional[Tuple[int, float]] = None   # (t, seconds per step size) of the last cell run
+    dead: Dict[int, Dict[str, Any]] = {}          # eta index -> row where the run became non-finite
+    for t in steps:
+        alive = [i for i in range(len(eta_arr)) if i not in dead]
+        if mode in _PLAIN_MODES and isinstance(prob, Quadratic):
+            doomed = []
+            for i in alive:
+                tau = overflow_step(prob, float(eta_arr[i]), dt, t)
+                if tau is not None and tau < t // 2:
+                    doomed.append(i)
+                    why = (f"predicted non-finite: the exact loss exceeds the largest {dt} at inner step "
+                           f"{tau} of {t}; not run, since the engine keeps iterating on inf/NaN for the "
+                           f"remaining steps (minutes in x87 long double)")
+                    rows.append({"mode": mode, "dtype": dt, "objective": obj, "eta": float(eta_arr[i]), "steps": t,
+                                 "status": "skipped", "ok": None, "skipped": why})
+                    skipped.append({"mode": mode, "dtype": dt, "objective": obj, "steps": t, "reason": why,
+                                    "etas": [float(eta_arr[i])]})
+            alive = [i for i in alive if i not in doomed]
+        for i, drow in dead.items():
+            # GD with a constant step size runs the same first steps for every horizon: a run that
+            # became non-finite in its forward sweep at step tau < t' fails at tau for every t >= t'.
+            rows.append(dict(drow, steps=t, seconds=0.0, inferred_from_t=drow["steps"],
+                             rel_err_grad=math.inf, rel_err_loss=math.inf, rel_err_F=math.inf))
+        if not alive:
+            continue
+        reason = None
+        if mode in ("reverse", "scaled_reverse"):
+            need = (t + 1) * d * _itemsize(dt)
+            if need > memory_limit:
+                reason = (f"memory: {mode} would store {t + 1} states of dimension {d} in {dt} "
+                          f"({need / 2**20:.0f} MiB > limit {memory_limit / 2**20:.0f} MiB)")
+        if reason is None and prev is not None and prev[1] > 0:
+            predicted = prev[1] * len(alive) * t / prev[0]
+            if predicted > max_cell_seconds:
+                reason = (f"time: predicted {predicted:.0f} s (from {prev[1] * len(alive):.2f} s at "
+                          f"t={prev[0]}) > limit {max_cell_seconds:.0f} s")
+        if reason is None:
+            t0 = time.perf_counter()
+            try:
+                r = api.metagrad(prob, eta_arr[alive], t, objective=obj, mode=mode, dtype=dt, threads=cell_threads())
+            except (ValueError, MemoryError) as exc:
+                reason = f"refused: {exc}"
+            sec = time.perf_counter() - t0
+        if reason is not None:
+            skipped.append({"mode": mode, "dtype": dt, "objective": obj, "steps": t, "reason": reason,
+                            "etas": [float(eta_arr[i]) for i in alive]})
+            for i in alive:
+                rows.append({"mode": mode, "dtype": dt, "objective": obj, "eta": float(eta_arr[i]), "steps": t,
+                             "status": "skipped", "ok": None, "skipped": reason})
+            continue
+        prev = (t, sec / len(alive))
+        ref = _Oracle(oracle[str(t)])
+        ref_log = _Oracle(oracle_log[str(t)])
+        for j, i in enumerate(alive):
+            row = _row(mode, dt, obj, float(eta_arr[i]), t, r, j, ref, ref_log, i, sec / len(alive))
+            rows.append(row)
+            if (row["fail_kind"] == "non-finite" and row["fail_quantity"] in _FORWARD_QUANTITIES
+                    and row["fail_step"] is not None and int(row["fail_step"]) < t):
+                dead[i] = row
+    return {"rows": rows, "skipped": skipped}
 
 
 #: Modes that iterate in the working precision without rescaling (they overflow).
@@ -711,7 +785,7 @@ def _write(rep: StabilityReport, out_dir: str) -> Dict[str, str]:
               ("mode", "dtype", "objective", "eta", "first_fail_t", "first_not_ok_t"))
     with open(paths["md"], "w") as fh:
         fh.write(rep.markdown())
-    summary = {"experiment": "stability", "passed": rep.passed, "seconds": rep.seconds,
+    summary = {"experiment": "stability", "passed": rep.passed, "seconds": rep.seconds, "executor": rep.executor,
                "checks": _jsonable(rep.checks), "oracle": rep.oracle, "problem": rep.problem,
                "tol": rep.tol, "skipped": _jsonable(rep.skipped), "notes": rep.notes}
     with open(paths["summary"], "w") as fh:

@@ -10,8 +10,10 @@ rows each) and train RMSE, test RMSE and ‖w − w*‖² are recorded at every 
 
 Common random numbers: every η, every σ and both methods are evaluated on the *same* tasks
 (y = Xw* + σξ with the same X, w*, ξ; TbV uses the same rows split in two), in one pass over
-the tasks (:func:`metastep.tuning.grid_search_many`: one Gram matrix and one block Krylov space
-per task and method serve all 25 η × 5 σ exactly).  Meta-gradient descent (Adam on log η) is
+the tasks (:func:`grid_search_sweep`, the computation of :func:`metastep.tuning.grid_search_many`
+as a sweep over chunks of tasks that can run on a Dask cluster and resumes from
+``OUT/e3/cells``: one Gram matrix and one block Krylov space per task and method serve all
+25 η × 5 σ exactly).  Meta-gradient descent (Adam on log η) is
 run on the same prepared tasks for every (method, σ) and must land within one grid cell of the
 grid optimum (Adam with β₂ = 0.9 on log η, learning rate 0.3/√k, descending on log F — the
 same minimizer as F, with scale-free meta-gradients); the fast path is cross-checked against
@@ -71,6 +73,85 @@ def meta_gd_check(pairs: Dict[str, Tuple[Any, float, float]], what: str) -> Dict
                  ok, off, f"|log10(eta_meta_gd / eta_grid)| <= {CELL:g} (one cell of the 25-point grid)")
 
 
+# ----------------------------------------------------------------------------- the grid search as a sweep
+def prep_cell(d: int, seed: int, stream: Any, m: int, rows: int, splits: List[List[Any]], truncate: bool,
+              steps: int, first: int, last: int) -> List[Dict[str, Any]]:
+    """Sweep cell: the Ritz data (:class:`metastep.tuning.PreparedTasks` arrays) of meta-training
+    tasks ``first``..``last - 1`` of the family (d, seed, stream, m) for every split
+    ``[on, n_train, n_valid]``.  A pure function of its parameters (the tasks are drawn from the
+    seed); the same chunks and arithmetic as :func:`metastep.tuning.prepare_many`."""
+    fam = TaskFamily(d, rows, 0, 0, 1.0, m, seed, stream, bool(truncate))
+    X, Y, U, _ = tuning._draw_chunk(fam, first, last, rows)
+    sp = [tuning._Split(str(on), int(n1), int(nv)) for on, n1, nv in splits]
+    return tuning._prep_chunk(X, Y, U if truncate else None, sp, int(steps))
+
+
+def prepare_sweep(families: Sequence[TaskFamily], steps: int, on: Sequence[str], *, cells_dir: Optional[str] = None,
+                  workers: Optional[int] = None, scheduler: Optional[str] = None, progress: bool = False,
+                  desc: str = "tasks", info: Optional[Dict[str, Any]] = None) -> List[Any]:
+    """:func:`metastep.tuning.prepare_many` as a sweep over chunks of tasks (one cell per chunk,
+    the chunks prepare_many uses): in this process on two threads, on a local Dask cluster
+    (``workers``) or an existing one (``scheduler``); each finished chunk is kept in
+    ``cells_dir`` and reused by a rerun.  Returns bit-identical PreparedTasks; ``info`` (a
+    dict), when given, receives where the cells ran and how many were computed or reused."""
+    from .. import sweep
+    if not families or len(on) != len(families):
+        raise ValueError("give one 'on' per family and at least one family")
+    d, seed, _stream, m = tuning._family_group(families)
+    t = int(steps)
+    splits = []
+    for f, o in zip(families, on):
+        if o not in ("train", "valid"):
+            raise ValueError(f"on must be 'train' or 'valid'; got {o!r}")
+        if o == "valid" and f.n_valid == 0:
+            raise ValueError("on='valid' needs a family with n_valid > 0")
+        splits.append([o, f.n, f.n_valid if o == "valid" else 0])
+    rows = max(n1 + nv for _, n1, nv in splits)
+    truncate = any(f.truncate for f in families)
+    bounds = tuning._chunks(m, tuning._chunk_size(rows, d))
+    grid = [{"d": d, "seed": seed, "stream": families[0].stream, "m": m, "rows": rows, "splits": splits,
+             "truncate": truncate, "steps": t, "first": a, "last": b} for a, b in bounds]
+    start = time.perf_counter()
+    res = sweep.run_sweep(prep_cell, grid, cells_dir=cells_dir, workers=workers, scheduler=scheduler,
+                          threads=tuning._workers(), progress=progress, desc=desc)
+    seconds = time.perf_counter() - start
+    if info is not None:
+        info.update(executor=res.executor, cells=len(res), computed=len(res.computed), loaded=len(res.loaded),
+                    cells_dir=cells_dir)
+    out = []
+    for i, (f, (o, n1, nv)) in enumerate(zip(families, splits)):
+        items = [r[i] for r in res.results]
+
+        def cat(key: str) -> Optional[np.ndarray]:
+            if key not in items[0]:
+                return None
+            return np.concatenate([it[key] for it in items], axis=0)
+
+        out.append(tuning.PreparedTasks(on=o, steps=t, space=items[0]["space"], n_train=n1, n_valid=nv,
+                                        theta=cat("theta"), C=cat("C"), nu=cat("nu"), yy=cat("yy"), A=cat("A"),
+                                        Mv=cat("Mv"), Yv=cat("Yv"), F_train=cat("F_train") if f.truncate else None,
+                                        F_valid=cat("F_valid") if f.truncate else None, family=f, seconds=seconds))
+    return out
+
+
+def grid_search_sweep(families: Sequence[TaskFamily], steps: int, on: Sequence[str], *, sigmas: Any,
+                      cells_dir: Optional[str] = None, workers: Optional[int] = None,
+                      scheduler: Optional[str] = None, progress: bool = False, desc: str = "tasks",
+                      info: Optional[Dict[str, Any]] = None) -> Tuple[List[Any], List[Any]]:
+    """:func:`metastep.tuning.grid_search_many` (GD, the paper's grid, objective "final") with the
+    pass over the tasks run by :func:`prepare_sweep`; the same results bit for bit."""
+    start = time.perf_counter()
+    etas = tuning.PAPER_GRID.copy()
+    sig = np.atleast_1d(np.asarray(sigmas, dtype=float))
+    preps = prepare_sweep(families, steps, on, cells_dir=cells_dir, workers=workers, scheduler=scheduler,
+                          progress=progress, desc=desc, info=info)
+    out = []
+    for p in preps:
+        res = p.objective(etas, sig, objective="final", grad=False)
+        out.append(tuning._grid_result(etas, sig, res, p.on, "final", int(steps), None, time.perf_counter() - start))
+    return out, preps
+
+
 def families(cfg: Dict[str, Any], seed: int, stream: str = "train", m: Optional[int] = None,
              n_test: int = 0) -> Tuple[TaskFamily, TaskFamily]:
     """(TbT family, TbV family): the same rows, all for training vs split in two halves."""
@@ -81,16 +162,27 @@ def families(cfg: Dict[str, Any], seed: int, stream: str = "train", m: Optional[
 
 def tune_and_evaluate(cfg: Dict[str, Any], seed: int, progress: bool, batch_size: Optional[int] = None,
                       tag: str = "E3", meta_tasks: Optional[int] = None,
-                      meta_sigmas: Optional[Sequence[float]] = None) -> Dict[str, Any]:
+                      meta_sigmas: Optional[Sequence[float]] = None, cells_dir: Optional[str] = None,
+                      workers: Optional[int] = None, scheduler: Optional[str] = None) -> Dict[str, Any]:
     """Grid search, meta-GD and test evaluation for both methods and all σ (shared by E3 and
-    its SGD variant)."""
+    its SGD variant).  GD: the pass over the meta-training tasks is a sweep over chunks of tasks
+    (:func:`grid_search_sweep`; ``cells_dir``, ``workers``, ``scheduler``)."""
     timing: Dict[str, float] = {}
     sig = np.array(cfg["sigmas"], dtype=float)
     t = cfg["t"]
     tbt, tbv = families(cfg, seed)
     t0 = time.perf_counter()
-    grids, preps = tuning.grid_search_many([tbt, tbv], t, ["train", "valid"], sigmas=sig, batch_size=batch_size,
-                                           progress=progress, desc=f"{tag} meta-training tasks (all η, σ)")
+    sweep_info: Dict[str, Any] = {}
+    if batch_size is None:
+        grids, preps = grid_search_sweep([tbt, tbv], t, ["train", "valid"], sigmas=sig, cells_dir=cells_dir,
+                                         workers=workers, scheduler=scheduler, progress=progress,
+                                         desc=f"{tag} meta-training task chunks (all η, σ)", info=sweep_info)
+    else:
+        if workers is not None or scheduler is not None:
+            raise ValueError("the SGD variant runs in this process only (no workers/scheduler)")
+        grids, preps = tuning.grid_search_many([tbt, tbv], t, ["train", "valid"], sigmas=sig,
+                                               batch_size=batch_size, progress=progress,
+                                               desc=f"{tag} meta-training tasks (all η, σ)")
     timing["grid_search"] = time.perf_counter() - t0
     grid = {m: g for m, g in zip(METHODS, grids)}
 
@@ -134,7 +226,7 @@ def tune_and_evaluate(cfg: Dict[str, Any], seed: int, progress: bool, batch_size
     timing["evaluation"] = time.perf_counter() - t0
     return {"grid": grid, "preps": preps, "meta": meta, "grid_subset": grid_sub,
             "evals": {k: e for k, e in zip(keys, evs)}, "sigmas": sig, "timing": timing,
-            "meta_tasks": meta_tasks, "meta_sigmas": msig}
+            "meta_tasks": meta_tasks, "meta_sigmas": msig, "sweep": sweep_info}
 
 
 def engine_check(cfg: Dict[str, Any], seed: int, preps: Sequence[Any], sigma: float = 1.0,
@@ -289,13 +381,20 @@ def _paired_t(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(d) / (sd / math.sqrt(d.size))) if sd > 0 else math.inf
 
 
-def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
-    """Run E3 into ``out_dir/e3`` and return its summary (raw results under "results")."""
+def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True, workers: Optional[int] = None,
+        scheduler: Optional[str] = None) -> Dict[str, Any]:
+    """Run E3 into ``out_dir/e3`` and return its summary (raw results under "results").
+
+    The pass over the meta-training tasks (most of the time) is a sweep over chunks of tasks:
+    on ``workers`` local Dask processes or the cluster at ``scheduler`` if given; each finished
+    chunk is kept in ``out_dir/e3/cells`` and a rerun reuses it.  Results are the same bits
+    whatever runs the chunks; meta-GD and the test evaluation run in this process."""
     t_start = time.perf_counter()
     cfg = dict(QUICK if quick else FULL)
     exp_dir = os.path.join(out_dir, NAME)
     os.makedirs(exp_dir, exist_ok=True)
-    res = tune_and_evaluate(cfg, seed, progress)
+    res = tune_and_evaluate(cfg, seed, progress, cells_dir=os.path.join(exp_dir, "cells"), workers=workers,
+                            scheduler=scheduler)
     t0 = time.perf_counter()
     eng = engine_check(cfg, seed, res["preps"])
     res["timing"]["engine_check"] = time.perf_counter() - t0
@@ -312,7 +411,7 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True)
     res["timing"]["output"] = time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     res["timing"]["total"] = seconds
-    summary = write_summary(exp_dir, NAME, checks, seconds, quick=quick, seed=seed,
+    summary = write_summary(exp_dir, NAME, checks, seconds, quick=quick, seed=seed, sweep=res["sweep"],
                             config={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
                             results=result_rows(res), timing=res["timing"], figures=figures, data=paths)
     summary["results"] = res

@@ -24,14 +24,14 @@ import csv
 import math
 import os
 import time
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from .. import tuning
 from ..tasks import TaskFamily
 from . import check, pyplot, write_summary
-from .e3 import COLOR, LABEL, METHODS, _band, _errbar, meta_gd_check, stats
+from .e3 import COLOR, LABEL, METHODS, _band, _errbar, grid_search_sweep, meta_gd_check, stats
 
 NAME = "e4"
 FULL: Dict[str, Any] = {"d": 1000, "ns": (500, 1000, 2000, 4000, 8000), "sigma": 1.0, "t": 40, "m": 50, "test_tasks": 10,
@@ -59,8 +59,14 @@ def ols_error(sigma: float, d: int, n: int) -> float:
     return sigma ** 2 * d / (n - d - 1) if n > d + 1 else math.inf
 
 
-def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
-    """Run E4 into ``out_dir/e4`` and return its summary (raw results under "results")."""
+def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True, workers: Optional[int] = None,
+        scheduler: Optional[str] = None) -> Dict[str, Any]:
+    """Run E4 into ``out_dir/e4`` and return its summary (raw results under "results").
+
+    The pass over the meta-training tasks (most of the time) is a sweep over chunks of tasks
+    (:func:`metastep.experiments.e3.grid_search_sweep`): on ``workers`` local Dask processes or
+    the cluster at ``scheduler`` if given; each finished chunk is kept in ``out_dir/e4/cells``
+    and reused by a rerun.  Meta-GD and the test evaluation run in this process."""
     t_start = time.perf_counter()
     cfg = dict(QUICK if quick else FULL)
     exp_dir = os.path.join(out_dir, NAME)
@@ -70,9 +76,12 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True)
 
     specs = _families(cfg, seed, "train", cfg["m"])
     t0 = time.perf_counter()
-    grids, preps = tuning.grid_search_many([f for _, _, f in specs], t, ["train" if m == "tbt" else "valid"
-                                                                         for _, m, _ in specs],
-                                           sigmas=[sigma], progress=progress, desc="E4 meta-training tasks (all n, η)")
+    sweep_info: Dict[str, Any] = {}
+    grids, preps = grid_search_sweep([f for _, _, f in specs], t, ["train" if m == "tbt" else "valid"
+                                                                   for _, m, _ in specs],
+                                     sigmas=[sigma], cells_dir=os.path.join(exp_dir, "cells"), workers=workers,
+                                     scheduler=scheduler, progress=progress,
+                                     desc="E4 meta-training task chunks (all n, η)", info=sweep_info)
     timing["grid_search"] = time.perf_counter() - t0
     assert preps is not None
     grid = {(n, m): g for (n, m, _), g in zip(specs, grids)}
@@ -129,7 +138,7 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True)
     timing["output"] = time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     timing["total"] = seconds
-    summary = write_summary(exp_dir, NAME, checks, seconds, quick=quick, seed=seed,
+    summary = write_summary(exp_dir, NAME, checks, seconds, quick=quick, seed=seed, sweep=sweep_info,
                             config={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
                             results=rows, observations=observations, timing=timing, figures=figures, data=paths)
     summary["results"] = res
