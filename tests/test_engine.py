@@ -11,23 +11,42 @@ def _quad(d, seed):
     return ms.random_quadratic(d, seed=seed)
 
 
+@pytest.mark.parametrize("mode", ["forward", "scaled_forward"])
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("d", [1, 5, 8, 17, 31, 100])
-def test_batch_equals_single_bit_for_bit(d, dtype):
+def test_batch_equals_single_bit_for_bit(d, dtype, mode):
     q = _quad(d, seed=d)
-    # 70 step sizes: more than one block of 64, an uneven split over threads
-    etas = np.linspace(0.05, 1.95, 70) / q.L
-    batch = ms.metagrad(q, etas, 60, mode="forward", dtype=dtype, threads=1)
+    # 70 step sizes (some beyond 2/L): more than one block of 64, an uneven split over threads
+    etas = np.linspace(0.05, 2.6, 70) / q.L
+    batch = ms.metagrad(q, etas, 60, mode=mode, dtype=dtype, threads=1)
     for k in (2, 3):
-        other = ms.metagrad(q, etas, 60, mode="forward", dtype=dtype, threads=k)
+        other = ms.metagrad(q, etas, 60, mode=mode, dtype=dtype, threads=k)
         np.testing.assert_array_equal(batch.grad, other.grad)
         np.testing.assert_array_equal(batch.value, other.value)
+        assert batch.status == other.status
     for i in (0, 13, 63, 64, 69):
-        one = ms.metagrad(q, float(etas[i]), 60, mode="forward", dtype=dtype)
-        assert one.grad == batch.grad[i] and one.value == batch.value[i]
+        one = ms.metagrad(q, float(etas[i]), 60, mode=mode, dtype=dtype)
+        assert one.grad == batch.grad[i] and one.value == batch.value[i] and one.status == batch.status[i]
     # and a batch of three taken from the middle
-    three = ms.metagrad(q, etas[20:23], 60, mode="forward", dtype=dtype)
+    three = ms.metagrad(q, etas[20:23], 60, mode=mode, dtype=dtype)
     np.testing.assert_array_equal(three.grad, batch.grad[20:23])
+
+
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-3)])
+def test_batched_scaled_far_outside_the_range(dtype, rtol):
+    q = ms.Quadratic(np.diag(np.geomspace(0.01, 1.0, 40)), np.ones(40))
+    etas = np.array([0.5, 1.5, 2.5, 2.9])
+    got = ms.metagrad(q, etas, 5000, mode="scaled", dtype=dtype, objective="log")
+    ref = ms.metagrad(q, etas, 5000, mode="exact", dtype="longdouble", objective="log")
+    np.testing.assert_allclose(got.grad, ref.grad, rtol=rtol)
+    np.testing.assert_allclose(got.value, ref.value, rtol=rtol)
+    assert got.status == ["ok"] * 4
+    # with w* != 0 a converging iterate cancels against w*: flagged, never silently wrong
+    q2 = ms.Quadratic(np.diag(np.geomspace(0.01, 1.0, 40)), np.ones(40), w_star=np.full(40, 0.5))
+    got2 = ms.metagrad(q2, etas, 5000, mode="scaled", dtype=dtype, objective="log")
+    ref2 = ms.metagrad(q2, etas, 5000, mode="exact", dtype="longdouble", objective="log")
+    for g, r, st in zip(got2.grad, ref2.grad, got2.status):
+        assert st.startswith("cancellation") or abs(g - r) <= rtol * abs(r)
 
 
 @pytest.mark.parametrize("d", [3, 24, 25, 49, 130])

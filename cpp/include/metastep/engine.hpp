@@ -43,6 +43,7 @@ Outcome run_mode(const Problem& p, Mode mode, const StepSizes<S>& eta, const Met
   if constexpr (batched_forward<Problem>) {
     // a constant step size is a batch of one (the same bits as in any batch)
     if (mode == Mode::forward && !eta.schedule) return forward_batch(p, &eta.eta, 1, opt)[0];
+    if (mode == Mode::scaled_forward && !eta.schedule) return scaled_forward_batch(p, &eta.eta, 1, opt)[0];
   }
   switch (mode) {
     case Mode::reverse: return reverse_mode(p, eta, opt);
@@ -93,7 +94,7 @@ std::vector<Outcome> run_batch(const Problem& p, Mode mode, const std::vector<S>
   if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
   std::vector<Outcome> out(etas.size());
   if constexpr (batched_forward<Problem>) {
-    if (mode == Mode::forward) {
+    if (mode == Mode::forward || mode == Mode::scaled_forward) {
       // blocks of up to kForwardBlock step sizes advance together (one pass over H per step for
       // the whole block); the blocks are shared out between the threads
       const size_t nb = (etas.size() + kForwardBlock - 1) / kForwardBlock;
@@ -106,7 +107,9 @@ std::vector<Outcome> run_batch(const Problem& p, Mode mode, const std::vector<S>
         const size_t lo = etas.size() * k / chunks, hi = etas.size() * (k + 1) / chunks;
         if (hi <= lo) return;
         if (opt.valid && !p.has_valid()) throw std::invalid_argument("on='valid' needs a task with a validation set");
-        std::vector<Outcome> part = forward_batch(p, etas.data() + lo, static_cast<Index>(hi - lo), opt);
+        std::vector<Outcome> part = mode == Mode::forward
+                                        ? forward_batch(p, etas.data() + lo, static_cast<Index>(hi - lo), opt)
+                                        : scaled_forward_batch(p, etas.data() + lo, static_cast<Index>(hi - lo), opt);
         for (size_t i = lo; i < hi; ++i) out[i] = std::move(part[i - lo]);
       });
       return out;

@@ -142,6 +142,110 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   return scaled_outcome(logM, M_pos, log_dM, sm::sign(q), opt, std::move(diag));
 }
 
+// Scaled forward mode for a batch of constant step sizes on a quadratic (float, double): the
+// columns advance together as in forward_batch (one pass over H per step for all of them),
+// each column carrying its own exponents Ew, Ev and constant-term factor off, with exactly the
+// operations of scaled_forward for one step size.
+template <class S>
+std::vector<Outcome> scaled_forward_batch(const Quadratic<S>& p, const S* etas, Index m, const MetaOptions& opt) {
+  static_assert(kernels::simd_scalar<S>, "the batched engine serves float and double");
+  using namespace detail;
+  using W = typename ScalarTraits<S>::Wide;
+  using Col = Eigen::Map<Vec<S>, Eigen::AlignedMax>;
+  constexpr Index align = 64 / sizeof(S);
+  const Steps t = opt.steps;
+  const Index d = p.dim(), ld = (d + align - 1) / align * align;
+  const Vec<S>& wstar = p.w_star();
+  const size_t mu = static_cast<size_t>(m);
+  kernels::ColMat<S> Wm(ld, m), IN(ld, 2 * m), OUT(ld, 2 * m);
+  Wm.setZero();
+  IN.setZero();
+  OUT.setZero();
+  std::vector<Diagnostics> diag(mu);
+  std::vector<std::int64_t> Ew(mu), Ev(mu);
+  std::vector<S> off(mu), verr2(mu, S(0));
+  Vec<S> tmp(d);
+  for (Index j = 0; j < m; ++j) {
+    const size_t u = static_cast<size_t>(j);
+    tmp = p.w0();
+    off[u] = p.has_offset() ? S(1) : S(0);
+    Ew[u] = renormalize(tmp, p.has_offset() ? &off[u] : nullptr);
+    Ev[u] = Ew[u];
+    Col(Wm.col(j).data(), d) = tmp;
+  }
+  auto residual = [&](Index j) {
+    Col(IN.col(j).data(), d) = Col(Wm.col(j).data(), d) - off[static_cast<size_t>(j)] * wstar;
+  };
+  for (Index j = 0; j < m; ++j) residual(j);
+  Workspace<S> ws;
+  for (Steps tau = 0; tau < t; ++tau) {
+    p.op().apply_many(IN.data(), ld, 2 * m, OUT.data(), ld);
+    ws.tau = tau;
+    for (Index j = 0; j < m; ++j) {
+      const size_t u = static_cast<size_t>(j);
+      Diagnostics& dg = diag[u];
+      Col w(Wm.col(j).data(), d), r(IN.col(j).data(), d), v(IN.col(m + j).data(), d), g(OUT.col(j).data(), d),
+          hv(OUT.col(m + j).data(), d);
+      ws.r = r;
+      p.note(ws, off[u]);
+      const S f = S(0.5) * ws.r.dot(g);
+      const S wmax = maxabs(w), vmax = maxabs(v);
+      dg.loss.add_log2(log2_mag(2 * Ew[u], f));
+      dg.iterate.add_log2(log2_mag(Ew[u], wmax));
+      dg.tangent.add_log2(log2_mag(Ev[u], vmax));
+      if (!sm::isfinite(f)) dg.fail(Quantity::loss, "non-finite", tau);
+      if (ws.cancellation) dg.fail(Quantity::loss, "cancellation", tau);
+      const S e = etas[j];
+      if (vmax == S(0)) Ev[u] = Ew[u];
+      const S rel = pow2<S>(Ew[u] - Ev[u]);
+      const S vold2 = v.squaredNorm();
+      w -= e * g;
+      v -= rel * g + e * hv;
+      const S vnew2 = v.squaredNorm();
+      verr2[u] = (vold2 > S(0) ? verr2[u] * (vnew2 / vold2) : S(0)) +
+                 ws.grad_err * ws.grad_err * rel * rel * S(d) + sm::epsilon<S>() * sm::epsilon<S>() * vnew2;
+      tmp = w;
+      Ew[u] += renormalize(tmp, p.has_offset() ? &off[u] : nullptr);
+      w = tmp;
+      tmp = v;
+      const std::int64_t kv = renormalize(tmp, static_cast<S*>(nullptr));
+      v = tmp;
+      Ev[u] += kv;
+      verr2[u] = sm::ldexp(verr2[u], static_cast<int>(-2 * kv));
+      if (!sm::isfinite(maxabs(w))) dg.fail(Quantity::iterate, "non-finite", tau + 1);
+      if (!sm::isfinite(maxabs(v))) dg.fail(Quantity::tangent, "non-finite", tau + 1);
+      residual(j);
+    }
+  }
+  p.op().apply_many(IN.data(), ld, m, OUT.data(), ld);
+  std::vector<Outcome> out(mu);
+  for (Index j = 0; j < m; ++j) {
+    const size_t u = static_cast<size_t>(j);
+    Diagnostics& dg = diag[u];
+    Col w(Wm.col(j).data(), d), r(IN.col(j).data(), d), v(IN.col(m + j).data(), d), gM(OUT.col(j).data(), d);
+    dg.iterate.add_log2(log2_mag(Ew[u], maxabs(w)));
+    dg.tangent.add_log2(log2_mag(Ev[u], maxabs(v)));
+    ws.r = r;
+    p.note(ws, off[u]);
+    const S Mh = S(0.5) * ws.r.dot(gM);
+    if (ws.cancellation) dg.fail(Quantity::meta_loss, "cancellation", t);
+    if (!sm::isfinite(Mh)) dg.fail(Quantity::meta_loss, "non-finite", t);
+    const S q = gM.dot(v);
+    if (!sm::isfinite(q)) dg.fail(Quantity::meta_grad, "non-finite", t);
+    if (q != S(0) && sm::isfinite(q)) {
+      const S est = ws.grad_err * v.norm() + gM.norm() * sm::sqrt(verr2[u]) +
+                    sm::epsilon<S>() * gM.cwiseProduct(v).norm();
+      dg.check_grad_error<S>(sm::to_double(est / sm::abs(q)), t);
+    }
+    const bool M_pos = Mh > S(0);
+    const W logM = M_pos ? exp2_log<W>(2 * Ew[u]) + log_of<W>(Mh) : -sm::infinity<W>();
+    const W log_dM = q != S(0) ? exp2_log<W>(Ew[u] + Ev[u]) + log_of<W>(q) : -sm::infinity<W>();
+    dg.forward_steps = t;
+    out[u] = scaled_outcome(logM, M_pos, log_dM, sm::sign(q), opt, std::move(dg));
+  }
+  return out;
+}
+
 template <class Problem, class S = typename Problem::S>
 Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOptions& opt) {
   using namespace detail;
