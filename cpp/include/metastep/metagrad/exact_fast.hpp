@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "exact.hpp"
+#include "scaled.hpp"
 
 namespace metastep {
 
@@ -174,8 +175,8 @@ inline ExactPoint<double> exact_train_fast(const FastSpectrum& sp, double eta, S
 }
 
 inline Outcome exact_fast_outcome(const FastSpectrum& sp, double eta, const MetaOptions& opt, std::vector<double>& buf) {
-  Outcome out;
   if (!sp.problem.empty()) {
+    Outcome out;
     out.diag.fail(Quantity::loss, "non-finite", 0);
     out.diag.kind = "non-finite (" + sp.problem + ")";
     out.value = Num::of(sm::quiet_nan<double>());
@@ -183,19 +184,8 @@ inline Outcome exact_fast_outcome(const FastSpectrum& sp, double eta, const Meta
     return out;
   }
   const ExactPoint<double> e = exact_train_fast(sp, eta, opt.steps, buf);
-  const double t = static_cast<double>(opt.steps);
-  if (opt.objective == Objective::final_loss) {
-    out.value = Num::of_log(e.log_M, e.sign_M);
-    out.grad = Num::of_log(e.log_dM, e.sign_dM);
-  } else if (e.sign_M <= 0) {
-    out.diag.fail(Quantity::meta_loss, "zero (log undefined)", opt.steps);
-    out.value = Num::of(-sm::infinity<double>());
-    out.grad = Num::of(sm::quiet_nan<double>());
-  } else {
-    out.value = Num::of(e.log_M / t);
-    out.grad = Num::of_log(e.log_dM - std::log(t) - e.log_M, e.sign_dM);
-  }
-  return out;
+  // the objective from log M and log|dM| (the same assembly as the scaled mode's)
+  return detail::scaled_outcome<double>(e.log_M, e.sign_M > 0, e.log_dM, e.sign_dM, opt, Diagnostics{});
 }
 
 }  // namespace metastep
