@@ -48,12 +48,14 @@ inline void store_lanes(S* dst, const P& p, Index count) {
 }
 
 // NP panels of RB packets each (panel q at A + q * pstride, rows row0 + q * prow) and, when
-// RBX > 0, one narrower panel of RBX packets at AX (rows from rowx), against KC columns of x
-// (x[c][k]); outputs out[c][i] for rows i < rows only. Keeping the narrow last panel in the
+// RBX > 0, one narrower panel of RBX packets at AX (rows from rowx), against KC columns of x,
+// packed so that the KC entries of row k are consecutive (xp[k * KC + c]: one stream, and no
+// cache-set aliasing between columns a power-of-two distance apart); outputs out[c][i] for
+// rows i < rows only. Keeping the narrow last panel in the
 // same pass as full ones gives every pass enough independent accumulators to hide the latency
 // of the fused multiply-add.
 template <class S, int NP, int RB, int RBX, int KC>
-EIGEN_DONT_INLINE void tile(const S* A, Index pstride, const S* AX, Index cols, const S* const* x, S* const* out, Index row0,
+EIGEN_DONT_INLINE void tile(const S* A, Index pstride, const S* AX, Index cols, const S* xp, S* const* out, Index row0,
                  Index prow, Index rowx, Index rows) {
   using P = Packet<S>;
   constexpr int PS = packet_size<S>;
@@ -67,9 +69,9 @@ EIGEN_DONT_INLINE void tile(const S* A, Index pstride, const S* AX, Index cols, 
     for (int c = 0; c < KC; ++c) accx[r][c] = Eigen::internal::pset1<P>(S(0));
   const S* a = A;
   const S* ax = AX;
-  for (Index k = 0; k < cols; ++k, a += RB * PS, ax += RBX * PS) {
+  for (Index k = 0; k < cols; ++k, a += RB * PS, ax += RBX * PS, xp += KC) {
     P xb[KC];
-    for (int c = 0; c < KC; ++c) xb[c] = Eigen::internal::pset1<P>(x[c][k]);
+    for (int c = 0; c < KC; ++c) xb[c] = Eigen::internal::pset1<P>(xp[c]);
     for (int q = 0; q < NP; ++q)
       for (int r = 0; r < RB; ++r) {
         const P h = Eigen::internal::ploadu<P>(a + q * pstride + r * PS);
@@ -122,9 +124,8 @@ class DenseOp {
   void apply(const Mat<S>& A, const Vec<S>& x, Vec<S>& out) const {
     out.resize(rows_);
     if constexpr (simd_scalar<S>) {
-      const S* xs[1] = {x.data()};
       S* os[1] = {out.data()};
-      run<1>(xs, os);
+      run<1>(x.data(), os);
     } else {
       out.noalias() = A * x;
     }
@@ -134,9 +135,13 @@ class DenseOp {
     o0.resize(rows_);
     o1.resize(rows_);
     if constexpr (simd_scalar<S>) {
-      const S* xs[2] = {x0.data(), x1.data()};
+      std::vector<S>& xp = pack_buffer(2 * cols_);
+      for (Index k = 0; k < cols_; ++k) {
+        xp[static_cast<size_t>(2 * k)] = x0[k];
+        xp[static_cast<size_t>(2 * k + 1)] = x1[k];
+      }
       S* os[2] = {o0.data(), o1.data()};
-      run<2>(xs, os);
+      run<2>(xp.data(), os);
     } else {
       Mat<S> in(cols_, 2);
       in.col(0) = x0;
@@ -146,8 +151,8 @@ class DenseOp {
       o1 = out.col(1);
     }
   }
-  // out.col(c) = A X.col(c) for every column of X (a batch), each row panel streamed once for
-  // every eight columns.
+  // out.col(c) = A X.col(c) for every column of X (a batch): each row panel is read from memory
+  // once and from cache for every group of six columns.
   void apply_many(const Mat<S>& A, const ColMat<S>& X, ColMat<S>& out) const {
     if (out.rows() != rows_ || out.cols() != X.cols()) out.resize(rows_, X.cols());
     if constexpr (simd_scalar<S>) {
@@ -160,24 +165,38 @@ class DenseOp {
   // (length rows()) at out + c * ldo. Only for float and double.
   void apply_many(const S* X, Index ldx, Index n, S* out, Index ldo) const {
     static_assert(simd_scalar<S>, "raw batched products exist for float and double only");
-    constexpr int KC = 8;
-    std::vector<const S*> xs(static_cast<size_t>(n));
+    constexpr Index KC = 6;  // 3 x 6 accumulators + 6 broadcasts + 3 loads fit the 32 registers
+    // pack every column, group by group (KC columns per group, the KC entries of row k
+    // consecutive): one stream per group, read again for every row panel from cache
+    std::vector<S>& xp = pack_buffer(n * cols_);
     std::vector<S*> os(static_cast<size_t>(n));
-    for (Index c = 0; c < n; ++c) {
-      xs[static_cast<size_t>(c)] = X + c * ldx;
-      os[static_cast<size_t>(c)] = out + c * ldo;
+    for (Index c = 0; c < n; ++c) os[static_cast<size_t>(c)] = out + c * ldo;
+    for (Index c = 0; c < n; c += KC) {
+      const Index kc = std::min<Index>(KC, n - c);
+      S* base = xp.data() + c * cols_;
+      for (Index q = 0; q < kc; ++q) {
+        const S* src = X + (c + q) * ldx;
+        for (Index k = 0; k < cols_; ++k) base[k * kc + q] = src[k];
+      }
     }
-    Index c = 0;
-    for (; c + KC <= n; c += KC) run<KC>(xs.data() + c, os.data() + c);
-    switch (n - c) {
-      case 0: break;
-      case 1: run<1>(xs.data() + c, os.data() + c); break;
-      case 2: run<2>(xs.data() + c, os.data() + c); break;
-      case 3: run<3>(xs.data() + c, os.data() + c); break;
-      case 4: run<4>(xs.data() + c, os.data() + c); break;
-      case 5: run<5>(xs.data() + c, os.data() + c); break;
-      case 6: run<6>(xs.data() + c, os.data() + c); break;
-      default: run<7>(xs.data() + c, os.data() + c); break;
+    // panels outside, column groups inside: a panel stays in cache for all the groups
+    const Index npanels = last_packets_ > 0 && full_panels_ > 0 ? full_panels_ - 1 : full_panels_;
+    for (Index p = 0; p <= npanels; ++p) {
+      const bool final_group = p == npanels;
+      if (final_group && last_packets_ == 0 && p == full_panels_) break;
+      for (Index c = 0; c < n; c += KC) {
+        const Index kc = std::min<Index>(KC, n - c);
+        const S* xg = xp.data() + c * cols_;
+        S* const* o = os.data() + c;
+        switch (kc) {
+          case 6: panel<6>(p, final_group, xg, o); break;
+          case 5: panel<5>(p, final_group, xg, o); break;
+          case 4: panel<4>(p, final_group, xg, o); break;
+          case 3: panel<3>(p, final_group, xg, o); break;
+          case 2: panel<2>(p, final_group, xg, o); break;
+          default: panel<1>(p, final_group, xg, o); break;
+        }
+      }
     }
   }
 
@@ -185,8 +204,38 @@ class DenseOp {
   // K products, one full panel per pass (more panels per pass measured slower: the loads of
   // several streams and the register pressure outweigh the extra independent accumulators);
   // the narrow last panel joins the final pass.
+  // Scratch for the packed right-hand sides: one per thread (the operator itself is shared).
+  static std::vector<S>& pack_buffer(Index size) {
+    thread_local std::vector<S> buf;
+    if (buf.size() < static_cast<size_t>(size)) buf.resize(static_cast<size_t>(size));
+    return buf;
+  }
+
+  // Full panel p against K packed columns, or (final) the last full panel together with the
+  // narrow last one (or the narrow one alone when there is no full panel).
   template <int K>
-  void run(const S* const* x, S* const* out) const {
+  void panel(Index p, bool final, const S* xp, S* const* out) const {
+    constexpr Index PR = detail::kPanelPackets * detail::packet_size<S>;
+    constexpr int RBF = detail::kPanelPackets;
+    const Index pstride = PR * cols_;
+    const S* A = data_.data();
+    const S* AX = A + full_panels_ * pstride;
+    const Index rowx = full_panels_ * PR;
+    if (!final || last_packets_ == 0) {
+      detail::tile<S, 1, RBF, 0, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
+    } else if (full_panels_ > 0) {
+      if (last_packets_ == 1)
+        detail::tile<S, 1, RBF, 1, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
+      else
+        detail::tile<S, 1, RBF, 2, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
+    } else {
+      if (last_packets_ == 1) detail::tile<S, 0, RBF, 1, K>(A, pstride, AX, cols_, xp, out, 0, PR, rowx, rows_);
+      else detail::tile<S, 0, RBF, 2, K>(A, pstride, AX, cols_, xp, out, 0, PR, rowx, rows_);
+    }
+  }
+
+  template <int K>
+  void run(const S* xp, S* const* out) const {
     constexpr Index PR = detail::kPanelPackets * detail::packet_size<S>;
     constexpr int RBF = detail::kPanelPackets;
     const Index pstride = PR * cols_;
@@ -195,17 +244,17 @@ class DenseOp {
     const Index rowx = full_panels_ * PR;
     const Index last_full = last_packets_ > 0 && full_panels_ > 0 ? full_panels_ - 1 : full_panels_;
     for (Index p = 0; p < last_full; ++p)
-      detail::tile<S, 1, RBF, 0, K>(A + p * pstride, pstride, AX, cols_, x, out, p * PR, PR, rowx, rows_);
+      detail::tile<S, 1, RBF, 0, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
     if (last_packets_ == 0) return;
     const Index p = last_full;
     if (full_panels_ > 0) {
       if (last_packets_ == 1)
-        detail::tile<S, 1, RBF, 1, K>(A + p * pstride, pstride, AX, cols_, x, out, p * PR, PR, rowx, rows_);
+        detail::tile<S, 1, RBF, 1, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
       else
-        detail::tile<S, 1, RBF, 2, K>(A + p * pstride, pstride, AX, cols_, x, out, p * PR, PR, rowx, rows_);
+        detail::tile<S, 1, RBF, 2, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
     } else {
-      if (last_packets_ == 1) detail::tile<S, 0, RBF, 1, K>(A, pstride, AX, cols_, x, out, 0, PR, rowx, rows_);
-      else detail::tile<S, 0, RBF, 2, K>(A, pstride, AX, cols_, x, out, 0, PR, rowx, rows_);
+      if (last_packets_ == 1) detail::tile<S, 0, RBF, 1, K>(A, pstride, AX, cols_, xp, out, 0, PR, rowx, rows_);
+      else detail::tile<S, 0, RBF, 2, K>(A, pstride, AX, cols_, xp, out, 0, PR, rowx, rows_);
     }
   }
 
