@@ -10,6 +10,10 @@
 #define METASTEP_EIGEN_LOCATION "unknown"
 #endif
 
+namespace metastep::bind {
+void register_nn(py::module_& m);  // register_nn.cpp: learned optimizers (float64, float32)
+}
+
 #define METASTEP_STR2(x) #x
 #define METASTEP_STR(x) METASTEP_STR2(x)
 
@@ -55,4 +59,5 @@ PYBIND11_MODULE(_core, m) {
   metastep::bind::register_precision<metastep::quad>(m, "quad");
 #endif
   metastep::bind::register_precision<metastep::mp_t>(m, "mp");
+  metastep::bind::register_nn(m);
 }
