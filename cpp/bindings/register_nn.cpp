@@ -47,8 +47,8 @@ py::array_t<double> out_vec(const Vec<S>& v) {
   for (Index i = 0; i < v.size(); ++i) a.mutable_data()[i] = static_cast<double>(v[i]);
   return a;
 }
-template <class S>
-py::array_t<double> out_mat(const MatR<S>& m) {
+template <class S, class Derived>
+py::array_t<double> out_mat(const Eigen::MatrixBase<Derived>& m) {
   py::array_t<double> a({static_cast<py::ssize_t>(m.rows()), static_cast<py::ssize_t>(m.cols())});
   Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(a.mutable_data(), m.rows(),
                                                                                     m.cols()) = m.template cast<double>();
@@ -110,10 +110,10 @@ void bind_nn(py::module_& m, const std::string& sfx) {
           const Index P = lay.n_params;
           const Vec<S> ph = vec_of<S>(phi, nn::kOptParams, "phi"), th = vec_of<S>(theta, P, "theta"),
                        gg = vec_of<S>(g, P, "g");
-          const MatR<S> MM = mat_of<S>(M, P, nn::kBetas, "M"), VV = mat_of<S>(V, P, nn::kBetas, "V");
+          const nn::MatC<S> MM = mat_of<S>(M, P, nn::kBetas, "M"), VV = mat_of<S>(V, P, nn::kBetas, "V");
           if (step < 0) throw std::invalid_argument("step must be non-negative");
           nn::LearnedOpt<S> opt(lay);
-          MatR<S> Mp, Vp;
+          nn::MatC<S> Mp, Vp;
           Vec<S> u;
           opt.step_forward(ph, th, gg, MM, VV, step, Mp, Vp, u);
           py::dict d;

@@ -42,10 +42,14 @@ Vec<S> init_opt_params(std::uint64_t seed) {
 }
 
 // Per-coordinate optimizer state of the inner model.
+// Column-major: the algorithms work feature by feature (one column at a time).
+template <class S>
+using MatC = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic>;
+
 template <class S>
 struct InnerState {
   Vec<S> theta;
-  MatR<S> M, V;  // P x 5 moments
+  MatC<S> M, V;  // P x 5 moments
   std::int64_t step = 0;
 };
 
@@ -53,8 +57,8 @@ template <class S>
 InnerState<S> init_state(const Layout& lay, std::uint64_t seed) {
   InnerState<S> st;
   st.theta = init_params<S>(lay, seed);
-  st.M = MatR<S>::Zero(lay.n_params, kBetas);
-  st.V = MatR<S>::Zero(lay.n_params, kBetas);
+  st.M = MatC<S>::Zero(lay.n_params, kBetas);
+  st.V = MatC<S>::Zero(lay.n_params, kBetas);
   return st;
 }
 
@@ -65,8 +69,8 @@ class LearnedOpt {
 
   // One update from state (θ, M, V, s) with gradient g: fills Mp, Vp (the new moments) and u
   // (θ_{s+1} = θ − u). Keeps the intermediates for step_backward().
-  void step_forward(const Vec<S>& phi, const Vec<S>& theta, const Vec<S>& g, const MatR<S>& M, const MatR<S>& V,
-                    std::int64_t s, MatR<S>& Mp, MatR<S>& Vp, Vec<S>& u) {
+  void step_forward(const Vec<S>& phi, const Vec<S>& theta, const Vec<S>& g, const MatC<S>& M, const MatC<S>& V,
+                    std::int64_t s, MatC<S>& Mp, MatC<S>& Vp, Vec<S>& u) {
     const Index P = lay_.n_params;
     Mp.resize(P, kBetas);
     Vp.resize(P, kBetas);
@@ -117,8 +121,8 @@ class LearnedOpt {
   // moments (updated in place with the feature paths), accumulate into phib and return
   // thb (the feature path to θ_s, identity path not included) and gb (dJ/dg_s through features
   // and moments); Mb, Vb are the adjoints of the old moments.
-  void step_backward(const Vec<S>& phi, const Vec<S>& g, const MatR<S>& Mp, const MatR<S>& Vp, const Vec<S>& ubar,
-                     MatR<S>& Mpb, MatR<S>& Vpb, Vec<S>& phib, Vec<S>& thb, Vec<S>& gb, MatR<S>& Mb, MatR<S>& Vb) {
+  void step_backward(const Vec<S>& phi, const Vec<S>& g, const MatC<S>& Mp, const MatC<S>& Vp, const Vec<S>& ubar,
+                     MatC<S>& Mpb, MatC<S>& Vpb, Vec<S>& phib, Vec<S>& thb, Vec<S>& gb, MatC<S>& Mb, MatC<S>& Vb) {
     const Index P = lay_.n_params;
     Ob_.resize(P, 2);
     Ob_.col(0) = S(kOutScale) * ubar.cwiseProduct(E_);
@@ -165,9 +169,9 @@ class LearnedOpt {
     (void)Vp;
   }
 
-  const MatR<S>& features() const { return F_; }
+  const MatC<S>& features() const { return F_; }
   const Eigen::Matrix<S, 1, kTimeFeatures>& time_features() const { return tf_; }
-  const MatR<S>& outputs() const { return Out_; }
+  const MatC<S>& outputs() const { return Out_; }
 
  private:
   static Eigen::Map<const Eigen::Matrix<S, kFeatures, kHidden, Eigen::RowMajor>> w1(const Vec<S>& phi) {
@@ -177,7 +181,8 @@ class LearnedOpt {
     return Eigen::Map<const Eigen::Matrix<S, kHidden, 2, Eigen::RowMajor>>(phi.data() + kW2);
   }
   Layout lay_;
-  MatR<S> R_, F_, inv_norm_, Hpre_, H_, Out_, Ob_, Hb_, Fb_, Rb_;
+  MatC<S> R_, F_, Hpre_, H_, Out_, Ob_, Hb_, Fb_, Rb_;
+  MatR<S> inv_norm_;
   Vec<S> E_;
   Eigen::Matrix<S, 1, kTimeFeatures> tf_;
 };

@@ -53,7 +53,7 @@ Curve<S> train_curve(const Layout& lay, const Vec<S>& phi, const Dataset<S>& tra
   const Index B = std::min(cfg.batch, train.n());
   const auto batches = batch_plan(train.n(), B, cfg.steps, cfg.batch_seed);
   Vec<S> g, u;
-  MatR<S> Mp, Vp;
+  MatC<S> Mp, Vp;
   Vec<S> m1 = Vec<S>::Zero(lay.n_params), m2 = Vec<S>::Zero(lay.n_params);
   auto record = [&](std::int64_t s) {
     const auto [trl, tra] = evaluate(enet, st.theta, train);

@@ -44,7 +44,7 @@ struct NonFinite {
 template <class S>
 struct Tape {
   std::vector<Vec<S>> theta, g;
-  std::vector<MatR<S>> M, V;
+  std::vector<MatC<S>> M, V;
 };
 
 // T minibatches of B rows out of n (B >= n: every row, every step).
@@ -103,8 +103,8 @@ class Unroller {
     if (tape) {
       tape->theta.assign(static_cast<size_t>(T), Vec<S>());
       tape->g.assign(static_cast<size_t>(T), Vec<S>());
-      tape->M.assign(static_cast<size_t>(T), MatR<S>());
-      tape->V.assign(static_cast<size_t>(T), MatR<S>());
+      tape->M.assign(static_cast<size_t>(T), MatC<S>());
+      tape->V.assign(static_cast<size_t>(T), MatC<S>());
     }
     if (g_out) g_out->assign(static_cast<size_t>(T), Vec<S>());
     res.train_losses.assign(static_cast<size_t>(T), 0.0);
@@ -215,7 +215,7 @@ class Unroller {
                 std::int64_t step0, bool second_order, MetaGrad<S>& res) {
     const Index T = tr.T, P = lay_.n_params;
     Vec<S> thb = Vec<S>::Zero(P), gm, ubar, thf, gb, gdummy, hv;
-    MatR<S> Mpb = MatR<S>::Zero(P, kBetas), Vpb = MatR<S>::Zero(P, kBetas), Mb, Vb;
+    MatC<S> Mpb = MatC<S>::Zero(P, kBetas), Vpb = MatC<S>::Zero(P, kBetas), Mb, Vb;
     res.grad = Vec<S>::Zero(kOptParams);
     const S invT = S(1) / S(T);
     for (Index s = T - 1; s >= 0; --s) {
@@ -246,7 +246,7 @@ class Unroller {
   Net<S> net_, mnet_;
   LearnedOpt<S> opt_;
   Vec<S> g_, u_;
-  MatR<S> Mp_, Vp_;
+  MatC<S> Mp_, Vp_;
 };
 
 }  // namespace metastep::nn
