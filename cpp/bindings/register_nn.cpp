@@ -128,6 +128,51 @@ void bind_nn(py::module_& m, const std::string& sfx) {
         },
         py::arg("sizes"), py::arg("phi").noconvert(), py::arg("theta").noconvert(), py::arg("g").noconvert(),
         py::arg("M").noconvert(), py::arg("V").noconvert(), py::arg("step"));
+  m.def(("lopt_run_steps_" + sfx).c_str(),
+        [](const std::vector<Index>& sizes, const F64Array& phi, const F64Array& X, const I64Array& y,
+           const F64Array& theta, const F64Array& M, const F64Array& V, std::int64_t step, Index steps, Index batch,
+           std::uint64_t seed) {
+          // `steps` inner training steps (minibatch forward, backward, learned update) and nothing else:
+          // the unit timed by benchmarks/learned.py.
+          const Layout lay = layout_of(sizes);
+          const Index P = lay.n_params;
+          const Vec<S> ph = vec_of<S>(phi, nn::kOptParams, "phi");
+          nn::InnerState<S> st;
+          st.theta = vec_of<S>(theta, P, "theta");
+          st.M = mat_of<S>(M, P, nn::kBetas, "M");
+          st.V = mat_of<S>(V, P, nn::kBetas, "V");
+          if (step < 0 || steps < 1 || batch < 1) throw std::invalid_argument("step >= 0, steps >= 1, batch_size >= 1");
+          st.step = step;
+          const Dataset<S> d = data_of<S>(lay, X, y, "train");
+          const Index B = std::min(batch, d.n());
+          const auto plan = nn::batch_plan(d.n(), B, steps, seed);
+          {
+            py::gil_scoped_release rel;
+            nn::Net<S> net(lay);
+            nn::LearnedOpt<S> opt(lay);
+            Vec<S> g, u;
+            nn::MatC<S> Mp, Vp;
+            for (Index s = 0; s < steps; ++s) {
+              net.gather(d, &plan[static_cast<size_t>(s * B)], B);
+              net.forward(st.theta);
+              net.backward(st.theta, g);
+              opt.step_forward(ph, st.theta, g, st.M, st.V, st.step, Mp, Vp, u);
+              st.theta -= u;
+              st.M.swap(Mp);
+              st.V.swap(Vp);
+              ++st.step;
+            }
+          }
+          py::dict out;
+          out["theta"] = out_vec<S>(st.theta);
+          out["M"] = out_mat<S>(st.M);
+          out["V"] = out_mat<S>(st.V);
+          out["step"] = st.step;
+          return out;
+        },
+        py::arg("sizes"), py::arg("phi").noconvert(), py::arg("X").noconvert(), py::arg("y").noconvert(),
+        py::arg("theta").noconvert(), py::arg("M").noconvert(), py::arg("V").noconvert(), py::arg("step"),
+        py::arg("steps"), py::arg("batch_size"), py::arg("seed"));
   m.def(("truncation_" + sfx).c_str(),
         [](const std::vector<Index>& sizes, const F64Array& phi, const F64Array& Xtr, const I64Array& ytr,
            const F64Array& Xme, const I64Array& yme, const F64Array& theta, const F64Array& M, const F64Array& V,
@@ -244,6 +289,7 @@ void bind_nn(py::module_& m, const std::string& sfx) {
              cfg.max_len = c["max_len"].cast<Index>();
              cfg.lr = c["lr"].cast<double>();
              cfg.rms_decay = c["rms_decay"].cast<double>();
+             cfg.rms_bias_correction = c["rms_bias_correction"].cast<bool>();
              cfg.clip = c["clip"].cast<double>();
              cfg.es_pairs = c["es_pairs"].cast<Index>();
              cfg.es_sigma = c["es_sigma"].cast<double>();

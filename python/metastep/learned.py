@@ -294,14 +294,16 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
                sizes: Sequence[int] = DIGITS_SIZES, estimator: str = "first", dtype: str = "float32", seed: int = 0,
                phi0: Any = None, batch_size: int = 32, meta_batch: int = 128, trunc_base: float = 10.0,
                trunc_mean: float = 30.0, len_base: float = 50.0, len_mean: float = 100.0, max_len: int = 0,
-               lr: float = 1e-2, rms_decay: float = 0.9, clip: float = 1e4, es_pairs: int = 8,
+               lr: float = 1e-2, rms_decay: float = 0.9, rms_bias_correction: bool = True, clip: float = 1e4,
+               es_pairs: int = 8,
                es_sigma: float = 0.01, progress: bool = True, desc: Optional[str] = None) -> LearnedOptimizer:
     """Meta-train the optimizer by truncated unrolls (SPEC §7).
 
     Each task draws ``n_train`` (+ ``n_valid``) rows of ``pool`` at random and a fresh network;
     it is trained for round(trunc_base + Exp(trunc_mean)) truncations of
     round(len_base + Exp(len_mean)) steps (capped at ``max_len`` if positive), each followed by one
-    RMSProp step on φ (learning rate ``lr``) with the meta-gradient clipped to ±``clip``.
+    RMSProp step on φ (learning rate ``lr``, decay ``rms_decay``, second moment bias-corrected as
+    in Adam unless ``rms_bias_correction=False``) with the meta-gradient clipped to ±``clip``.
     ``method="tbt"``: meta-loss on the training rows; ``"tbv"``: on the ``n_valid`` validation
     rows (which the inner training never sees). Clipped values and non-finite meta-gradients are
     counted (a non-finite meta-gradient skips the update and abandons that task; its step and
@@ -326,7 +328,7 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
            "batch_size": _posint(batch_size, "batch_size"), "meta_batch": _posint(meta_batch, "meta_batch", 0),
            "trunc_base": float(trunc_base), "trunc_mean": float(trunc_mean), "len_base": float(len_base),
            "len_mean": float(len_mean), "max_len": _posint(max_len, "max_len", 0), "lr": _posfloat(lr, "lr"),
-           "rms_decay": float(rms_decay), "clip": _posfloat(clip, "clip"), "es_pairs": _posint(es_pairs, "es_pairs"),
+           "rms_decay": float(rms_decay), "rms_bias_correction": bool(rms_bias_correction), "clip": _posfloat(clip, "clip"), "es_pairs": _posint(es_pairs, "es_pairs"),
            "es_sigma": _posfloat(es_sigma, "es_sigma"), "seed": _seed(seed)}
     for k in ("trunc_base", "len_base"):
         if not cfg[k] >= 1:

@@ -68,9 +68,12 @@ class LearnedOpt {
   explicit LearnedOpt(const Layout& lay) : lay_(lay) {}
 
   // One update from state (θ, M, V, s) with gradient g: fills Mp, Vp (the new moments) and u
-  // (θ_{s+1} = θ − u). Keeps the intermediates for step_backward().
+  // (θ_{s+1} = θ − u). Keeps the intermediates for step_backward(). hidden: if non-null and
+  // non-empty, the first-layer pre-activations of this very step, computed earlier and kept by
+  // the caller (moved in: the P×22×32 product is skipped); if non-null and empty, they are
+  // copied out for the caller to keep.
   void step_forward(const Vec<S>& phi, const Vec<S>& theta, const Vec<S>& g, const MatC<S>& M, const MatC<S>& V,
-                    std::int64_t s, MatC<S>& Mp, MatC<S>& Vp, Vec<S>& u) {
+                    std::int64_t s, MatC<S>& Mp, MatC<S>& Vp, Vec<S>& u, MatC<S>* hidden = nullptr) {
     const Index P = lay_.n_params;
     Mp.resize(P, kBetas);
     Vp.resize(P, kBetas);
@@ -107,8 +110,13 @@ class LearnedOpt {
     auto W1t = w1(phi).bottomRows(kTimeFeatures);
     Eigen::Matrix<S, 1, kHidden> bias = Eigen::Map<const Eigen::Matrix<S, 1, kHidden>>(phi.data() + kB1);
     bias.noalias() += tf * W1t;
-    Hpre_.noalias() = F_ * W1c;
-    Hpre_.rowwise() += bias;
+    if (hidden && hidden->size() > 0) {
+      Hpre_.swap(*hidden);
+    } else {
+      Hpre_.noalias() = F_ * W1c;
+      Hpre_.rowwise() += bias;
+      if (hidden) *hidden = Hpre_;
+    }
     H_ = Hpre_.cwiseMax(S(0));
     Out_.noalias() = H_ * w2(phi);
     Out_.col(0).array() += phi[kB2];

@@ -110,6 +110,7 @@ struct MetaConfig {
   double len_base = 50, len_mean = 100;     // steps per truncation: base + Exp(mean)
   Index max_len = 0;                        // cap on steps per truncation (0: none)
   double lr = 1e-2, rms_decay = 0.9, rms_eps = 1e-8, clip = 1e4;
+  bool rms_bias_correction = true;
   Index es_pairs = 8;
   double es_sigma = 0.01;
   std::uint64_t seed = 0;
@@ -221,7 +222,13 @@ class MetaTrainer {
     clipped_total_ += clipped;
     const S rho = S(cfg_.rms_decay);
     rms_ = rho * rms_ + (S(1) - rho) * mg.grad.cwiseAbs2();
-    phi_.array() -= S(cfg_.lr) * mg.grad.array() / (rms_.array().sqrt() + S(cfg_.rms_eps));
+    ++updates_;
+    // bias-corrected second-moment estimate (as in Adam): the first steps are lr·g/|g|, not
+    // lr·g/(sqrt(1−ρ)|g|) ≈ 3.2·lr, which threw the first meta-steps into divergent inner runs
+    const S corr = cfg_.rms_bias_correction
+                       ? S(1) / (S(1) - S(std::pow(static_cast<double>(cfg_.rms_decay), static_cast<double>(updates_))))
+                       : S(1);
+    phi_.array() -= S(cfg_.lr) * mg.grad.array() / ((corr * rms_.array()).sqrt() + S(cfg_.rms_eps));
     if (!state_.theta.allFinite()) left_ = 0;
     return rec;
   }
@@ -233,7 +240,7 @@ class MetaTrainer {
   Unroller<S> unroller_;
   Rng rng_;
   InnerState<S> state_;
-  std::int64_t left_ = 0, task_ = 0, meta_step_ = 0, clipped_total_ = 0, nonfinite_total_ = 0;
+  std::int64_t left_ = 0, task_ = 0, meta_step_ = 0, clipped_total_ = 0, nonfinite_total_ = 0, updates_ = 0;
 };
 
 }  // namespace metastep::nn

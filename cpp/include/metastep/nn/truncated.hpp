@@ -45,7 +45,12 @@ template <class S>
 struct Tape {
   std::vector<Vec<S>> theta, g;
   std::vector<MatC<S>> M, V;
+  std::vector<MatC<S>> hidden;  // optimizer-MLP pre-activations per step (when within the memory budget)
 };
+
+//: memory the tape may spend on cached optimizer-MLP pre-activations (P × 32 per step); beyond
+//: it the backward pass recomputes them (one P×22×32 product per step)
+constexpr std::size_t kTapeCacheBytes = std::size_t(256) << 20;
 
 // T minibatches of B rows out of n (B >= n: every row, every step).
 inline std::vector<std::int32_t> batch_plan(Index n, Index B, Index T, std::uint64_t seed) {
@@ -105,6 +110,8 @@ class Unroller {
       tape->g.assign(static_cast<size_t>(T), Vec<S>());
       tape->M.assign(static_cast<size_t>(T), MatC<S>());
       tape->V.assign(static_cast<size_t>(T), MatC<S>());
+      const std::size_t need = static_cast<std::size_t>(T) * static_cast<std::size_t>(lay_.n_params) * kHidden * sizeof(S);
+      tape->hidden.assign(need <= kTapeCacheBytes ? static_cast<size_t>(T) : 0, MatC<S>());
     }
     if (g_out) g_out->assign(static_cast<size_t>(T), Vec<S>());
     res.train_losses.assign(static_cast<size_t>(T), 0.0);
@@ -129,7 +136,8 @@ class Unroller {
         tape->M[static_cast<size_t>(s)] = st.M;
         tape->V[static_cast<size_t>(s)] = st.V;
       }
-      opt_.step_forward(phi, st.theta, g_, st.M, st.V, st.step, Mp_, Vp_, u_);
+      MatC<S>* keep = (tape && !tape->hidden.empty()) ? &tape->hidden[static_cast<size_t>(s)] : nullptr;
+      opt_.step_forward(phi, st.theta, g_, st.M, st.V, st.step, Mp_, Vp_, u_, keep);
       if (!u_.allFinite()) res.nf.mark("update", abs_step);
       st.theta -= u_;
       st.M.swap(Mp_);
@@ -211,7 +219,7 @@ class Unroller {
   }
 
  private:
-  void backward(const Vec<S>& phi, const Truncation<S>& tr, const Tape<S>& tape, const Vec<S>& theta_T,
+  void backward(const Vec<S>& phi, const Truncation<S>& tr, Tape<S>& tape, const Vec<S>& theta_T,
                 std::int64_t step0, bool second_order, MetaGrad<S>& res) {
     const Index T = tr.T, P = lay_.n_params;
     Vec<S> thb = Vec<S>::Zero(P), gm, ubar, thf, gb, gdummy, hv;
@@ -225,7 +233,8 @@ class Unroller {
       mnet_.backward(th_next, gm);
       thb += invT * gm;
       const auto k = static_cast<size_t>(s);
-      opt_.step_forward(phi, tape.theta[k], tape.g[k], tape.M[k], tape.V[k], step0 + s, Mp_, Vp_, u_);
+      opt_.step_forward(phi, tape.theta[k], tape.g[k], tape.M[k], tape.V[k], step0 + s, Mp_, Vp_, u_,
+                        tape.hidden.empty() ? nullptr : &tape.hidden[k]);
       ubar = -thb;
       opt_.step_backward(phi, tape.g[k], Mp_, Vp_, ubar, Mpb, Vpb, res.grad, thf, gb, Mb, Vb);
       thb += thf;
