@@ -374,3 +374,50 @@ def test_loading_a_foreign_npz_fails(tmp_path):
     np.savez(p, phi=np.zeros(1090), meta=np.array(json.dumps({"format": "other"})))
     with pytest.raises(ValueError, match="format"):
         learned.LearnedOptimizer.load(str(p))
+
+
+# ---------------------------------------------------------------- quick E5–E7
+@pytest.fixture(scope="module")
+def quick_learned_runs(tmp_path_factory):
+    from metastep import experiments
+    out = str(tmp_path_factory.mktemp("reproduce_learned"))
+    return out, {name: experiments.run(name, out, quick=True, seed=0, progress=False) for name in ("e5", "e6", "e7")}
+
+
+@pytest.mark.parametrize("name", ["e5", "e6", "e7"])
+def test_quick_learned_experiment(quick_learned_runs, name):
+    out, runs = quick_learned_runs
+    s = runs[name]
+    d = os.path.join(out, name)
+    with open(os.path.join(d, "summary.json")) as fh:
+        on_disk = json.load(fh)
+    assert on_disk["experiment"] == name and on_disk["quick"] is True
+    failed = [c for c in on_disk["checks"] if not c["passed"]]
+    assert not failed, json.dumps(failed, indent=1)[:2000]
+    assert on_disk["passed"] is True
+    assert on_disk["seconds"] < 45  # under 30 s on an idle 2-core machine; generous for a loaded one
+    for f in (f"{name}_accuracy.png", f"{name}_curves.json", f"{name}_optimizer_tbt.npz", f"{name}_optimizer_tbv.npz"):
+        assert os.path.getsize(os.path.join(d, f)) > 1000, f
+    res = s["results"]
+    assert len(res["curves"]["tbt"]) >= 5 and set(res["curves"]) == {"tbt", "tbv", "sgd", "adam"}
+    # the margin and spread in the summary are recomputed from the per-run final accuracies
+    tbt = np.array([c.test_acc[-1] for c in res["curves"]["tbt"]])
+    tbv = np.array([c.test_acc[-1] for c in res["curves"]["tbv"]])
+    assert on_disk["margin"] == pytest.approx(tbv.mean() - tbt.mean(), abs=1e-12)
+    assert on_disk["spread"] == pytest.approx(max(tbv.std(), tbt.std()), abs=1e-12)
+    # a saved optimizer reloads and reproduces its evaluation run on the same task
+    opt = learned.LearnedOptimizer.load(os.path.join(d, f"{name}_optimizer_tbv.npz"))
+    np.testing.assert_array_equal(opt.phi, res["optimizers"]["tbv"].phi)
+    with open(os.path.join(d, f"{name}_curves.json")) as fh:
+        curves = json.load(fh)
+    assert len(curves["curves"]["tbv"][0]["test_acc"]) == res["curves"]["tbv"][0].test_acc.size
+
+
+def test_quick_e6_margin_exceeds_e5(quick_learned_runs):
+    _, runs = quick_learned_runs
+    names = [c["name"] for c in runs["e6"]["checks"]]
+    assert any("larger than without (E5)" in n for n in names)  # E5 ran first into the same folder
+    assert runs["e6"]["margin"] > runs["e5"]["margin"]
+    # TbT fits the noisy training labels, TbV does not
+    f = runs["e6"]["final"]
+    assert f["tbt"]["train_acc"]["mean"] > f["tbv"]["train_acc"]["mean"] + 0.05
