@@ -14,6 +14,7 @@
 #include <array>
 #include <cmath>
 
+#include "kernels.hpp"
 #include "mlp.hpp"
 
 namespace metastep::nn {
@@ -73,7 +74,7 @@ class LearnedOpt {
   // the caller (moved in: the P×22×32 product is skipped); if non-null and empty, they are
   // copied out for the caller to keep.
   void step_forward(const Vec<S>& phi, const Vec<S>& theta, const Vec<S>& g, const MatC<S>& M, const MatC<S>& V,
-                    std::int64_t s, MatC<S>& Mp, MatC<S>& Vp, Vec<S>& u, MatC<S>* hidden = nullptr) {
+                    std::int64_t s, MatC<S>& Mp, MatC<S>& Vp, Vec<S>& u, MatR<S>* hidden = nullptr) {
     const Index P = lay_.n_params;
     Mp.resize(P, kBetas);
     Vp.resize(P, kBetas);
@@ -106,15 +107,15 @@ class LearnedOpt {
     for (int k = 0; k < kTimeFeatures; ++k)
       tf[k] = S(std::tanh(static_cast<double>(s) / kTau[static_cast<size_t>(k)] - 1.0));
     tf_ = tf;
-    auto W1c = w1(phi).topRows(kCoordFeatures);
     auto W1t = w1(phi).bottomRows(kTimeFeatures);
     Eigen::Matrix<S, 1, kHidden> bias = Eigen::Map<const Eigen::Matrix<S, 1, kHidden>>(phi.data() + kB1);
     bias.noalias() += tf * W1t;
     if (hidden && hidden->size() > 0) {
       Hpre_.swap(*hidden);
     } else {
-      Hpre_.noalias() = F_ * W1c;
-      Hpre_.rowwise() += bias;
+      Hpre_.resize(P, kHidden);
+      // rows 0..21 of the row-major 31×32 W1 are the coordinate-feature weights
+      kernel::hidden_forward<S>(F_.data(), F_.outerStride(), P, phi.data() + kW1, bias.data(), Hpre_.data());
       if (hidden) *hidden = Hpre_;
     }
     H_ = Hpre_.cwiseMax(S(0));
@@ -146,7 +147,11 @@ class LearnedOpt {
     const Eigen::Matrix<S, 1, kHidden> hsum = Hb_.colwise().sum();
     W1b.bottomRows(kTimeFeatures).noalias() += tf_.transpose() * hsum;
     Eigen::Map<Eigen::Matrix<S, 1, kHidden>>(phib.data() + kB1) += hsum;
-    Fb_.noalias() = Hb_ * w1(phi).topRows(kCoordFeatures).transpose();
+    Wt_.assign(static_cast<size_t>(kHidden) * 24, S(0));
+    for (int c = 0; c < kCoordFeatures; ++c)
+      for (int j = 0; j < kHidden; ++j) Wt_[static_cast<size_t>(j * 24 + c)] = phi[kW1 + c * kHidden + j];
+    Fb_.resize(P, kCoordFeatures);
+    kernel::hidden_backward<S>(Hb_.data(), P, Wt_.data(), Fb_.data(), Fb_.outerStride());
     // per-tensor normalisation f = r·q, q = (1e−5 + mean r²)^(−1/2):
     // rbar = q·fbar − r·q³·(Σ fbar·r)/n
     Rb_.resize(P, kCoordFeatures);
@@ -189,8 +194,9 @@ class LearnedOpt {
     return Eigen::Map<const Eigen::Matrix<S, kHidden, 2, Eigen::RowMajor>>(phi.data() + kW2);
   }
   Layout lay_;
-  MatC<S> R_, F_, Hpre_, H_, Out_, Ob_, Hb_, Fb_, Rb_;
-  MatR<S> inv_norm_;
+  MatC<S> R_, F_, Out_, Ob_, Fb_, Rb_;
+  MatR<S> inv_norm_, Hpre_, H_, Hb_;  // P × 32, row-major for the per-coordinate kernels
+  std::vector<S> Wt_;
   Vec<S> E_;
   Eigen::Matrix<S, 1, kTimeFeatures> tf_;
 };

@@ -45,7 +45,7 @@ template <class S>
 struct Tape {
   std::vector<Vec<S>> theta, g;
   std::vector<MatC<S>> M, V;
-  std::vector<MatC<S>> hidden;  // optimizer-MLP pre-activations per step (when within the memory budget)
+  std::vector<MatR<S>> hidden;  // optimizer-MLP pre-activations per step (when within the memory budget)
 };
 
 //: memory the tape may spend on cached optimizer-MLP pre-activations (P × 32 per step); beyond
@@ -111,7 +111,7 @@ class Unroller {
       tape->M.assign(static_cast<size_t>(T), MatC<S>());
       tape->V.assign(static_cast<size_t>(T), MatC<S>());
       const std::size_t need = static_cast<std::size_t>(T) * static_cast<std::size_t>(lay_.n_params) * kHidden * sizeof(S);
-      tape->hidden.assign(need <= kTapeCacheBytes ? static_cast<size_t>(T) : 0, MatC<S>());
+      tape->hidden.assign(need <= kTapeCacheBytes ? static_cast<size_t>(T) : 0, MatR<S>());
     }
     if (g_out) g_out->assign(static_cast<size_t>(T), Vec<S>());
     res.train_losses.assign(static_cast<size_t>(T), 0.0);
@@ -136,7 +136,7 @@ class Unroller {
         tape->M[static_cast<size_t>(s)] = st.M;
         tape->V[static_cast<size_t>(s)] = st.V;
       }
-      MatC<S>* keep = (tape && !tape->hidden.empty()) ? &tape->hidden[static_cast<size_t>(s)] : nullptr;
+      MatR<S>* keep = (tape && !tape->hidden.empty()) ? &tape->hidden[static_cast<size_t>(s)] : nullptr;
       opt_.step_forward(phi, st.theta, g_, st.M, st.V, st.step, Mp_, Vp_, u_, keep);
       if (!u_.allFinite()) res.nf.mark("update", abs_step);
       st.theta -= u_;
