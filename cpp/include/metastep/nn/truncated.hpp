@@ -45,6 +45,7 @@ template <class S>
 struct Tape {
   std::vector<Vec<S>> theta, g;
   std::vector<MatC<S>> M, V;
+  std::vector<Vec<S>> gmeta;    // ∇ℓ_meta(θ_{s+1}), computed in the forward pass
   std::vector<MatR<S>> hidden;  // optimizer-MLP pre-activations per step (when within the memory budget)
 };
 
@@ -110,6 +111,7 @@ class Unroller {
       tape->g.assign(static_cast<size_t>(T), Vec<S>());
       tape->M.assign(static_cast<size_t>(T), MatC<S>());
       tape->V.assign(static_cast<size_t>(T), MatC<S>());
+      tape->gmeta.assign(static_cast<size_t>(T), Vec<S>());
       const std::size_t need = static_cast<std::size_t>(T) * static_cast<std::size_t>(lay_.n_params) * kHidden * sizeof(S);
       tape->hidden.assign(need <= kTapeCacheBytes ? static_cast<size_t>(T) : 0, MatR<S>());
     }
@@ -145,6 +147,7 @@ class Unroller {
       ++st.step;
       mnet_.gather(*tr.meta, &tr.mbatches[static_cast<size_t>(s * tr.MB)], tr.MB);
       const double ml = static_cast<double>(mnet_.forward(st.theta));
+      if (tape) mnet_.backward(st.theta, tape->gmeta[static_cast<size_t>(s)]);
       if (!std::isfinite(ml)) res.nf.mark("meta loss", abs_step + 1);
       res.meta_losses[static_cast<size_t>(s)] = ml;
       J += ml;
@@ -219,19 +222,15 @@ class Unroller {
   }
 
  private:
-  void backward(const Vec<S>& phi, const Truncation<S>& tr, Tape<S>& tape, const Vec<S>& theta_T,
+  void backward(const Vec<S>& phi, const Truncation<S>& tr, Tape<S>& tape, const Vec<S>& /*theta_T*/,
                 std::int64_t step0, bool second_order, MetaGrad<S>& res) {
     const Index T = tr.T, P = lay_.n_params;
-    Vec<S> thb = Vec<S>::Zero(P), gm, ubar, thf, gb, gdummy, hv;
+    Vec<S> thb = Vec<S>::Zero(P), ubar, thf, gb, gdummy, hv;
     MatC<S> Mpb = MatC<S>::Zero(P, kBetas), Vpb = MatC<S>::Zero(P, kBetas), Mb, Vb;
     res.grad = Vec<S>::Zero(kOptParams);
     const S invT = S(1) / S(T);
     for (Index s = T - 1; s >= 0; --s) {
-      const Vec<S>& th_next = (s + 1 < T) ? tape.theta[static_cast<size_t>(s + 1)] : theta_T;
-      mnet_.gather(*tr.meta, &tr.mbatches[static_cast<size_t>(s * tr.MB)], tr.MB);
-      mnet_.forward(th_next);
-      mnet_.backward(th_next, gm);
-      thb += invT * gm;
+      thb += invT * tape.gmeta[static_cast<size_t>(s)];
       const auto k = static_cast<size_t>(s);
       opt_.step_forward(phi, tape.theta[k], tape.g[k], tape.M[k], tape.V[k], step0 + s, Mp_, Vp_, u_,
                         tape.hidden.empty() ? nullptr : &tape.hidden[k]);
