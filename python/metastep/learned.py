@@ -296,7 +296,8 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
                trunc_mean: float = 30.0, len_base: float = 50.0, len_mean: float = 100.0, max_len: int = 0,
                lr: float = 1e-2, rms_decay: float = 0.9, rms_bias_correction: bool = True, clip: float = 1e4,
                es_pairs: int = 8,
-               es_sigma: float = 0.01, progress: bool = True, desc: Optional[str] = None) -> LearnedOptimizer:
+               es_sigma: float = 0.01, select_every: int = 0, select_on: Optional[Tuple[Dataset, Dataset]] = None,
+               select_steps: int = 1000, progress: bool = True, desc: Optional[str] = None) -> LearnedOptimizer:
     """Meta-train the optimizer by truncated unrolls (SPEC §7).
 
     Each task draws ``n_train`` (+ ``n_valid``) rows of ``pool`` at random and a fresh network;
@@ -308,6 +309,13 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
     rows (which the inner training never sees). Clipped values and non-finite meta-gradients are
     counted (a non-finite meta-gradient skips the update and abandons that task; its step and
     quantity are recorded in ``nonfinite_events``).
+
+    Checkpoint selection (optional, ``select_every > 0``): every ``select_every`` meta-steps (and
+    at the end) the current φ trains a fresh network on ``select_on[0]`` for ``select_steps``
+    steps; its score is the mean loss on ``select_on[1]`` over that run (the meta-objective over
+    the whole horizon instead of one truncation). The φ with the lowest score is returned. For
+    train-by-train pass (training rows, the same rows); for train-by-validation (training rows,
+    validation rows). The scores are in ``config["selection"]``.
     """
     import time
     if method not in ("tbt", "tbv"):
@@ -346,19 +354,48 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
     if progress and meta_steps:
         from tqdm.auto import tqdm
         bar = tqdm(total=meta_steps, desc=desc or f"meta-training ({method.upper()})", leave=False)
-    for _ in range(meta_steps):
+    select_every = _posint(select_every, "select_every", 0)
+    if select_every:
+        if select_on is None or len(select_on) != 2:
+            raise ValueError("select_every needs select_on = (training data, scoring data)")
+        _data(select_on[0], s, "select_on[0]")
+        _data(select_on[1], s, "select_on[1]")
+        select_steps = _posint(select_steps, "select_steps")
+    selection: List[Dict[str, Any]] = []
+    best_phi = None
+
+    def _score(k: int) -> None:
+        nonlocal best_phi
+        cand = LearnedOptimizer(trainer.phi, method)
+        c = train_curve(cand, select_on[0], select_on[1], steps=select_steps, sizes=s,
+                        record_every=max(1, select_steps // 20), init_seed=seed + 31337, batch_seed=seed + 4242,
+                        dtype=dt)
+        score = float(np.mean(c.test_loss)) if not c.nonfinite["failed"] else math.inf
+        selection.append({"meta_step": k, "score": score})
+        if best_phi is None or score < min(e["score"] for e in selection[:-1]):
+            best_phi = np.array(trainer.phi)
+
+    for k in range(1, meta_steps + 1):
         rec = trainer.run(1)[0]
         records.append(rec)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(meta_loss=f"{rec['meta_loss']:.3f}", refresh=False)
+        if select_every and (k % select_every == 0 or k == meta_steps):
+            _score(k)
     if bar is not None:
         bar.close()
     hist = {k: np.array([r[k] for r in records]) for k in _HISTORY_KEYS}
     events = [{"meta_step": r["meta_step"], "quantity": r["nonfinite_quantity"], "inner_step": r["nonfinite_step"]}
               for r in records if not r["finite"]]
     config = dict(cfg, method=method, sizes=s, dtype=dt, meta_steps=meta_steps)
-    return LearnedOptimizer(trainer.phi, method, config, hist, int(trainer.clipped_total),
+    phi_out = trainer.phi
+    if select_every:
+        best = min(selection, key=lambda e: e["score"])
+        config["selection"] = {"every": select_every, "steps": select_steps, "scores": selection,
+                               "chosen_meta_step": best["meta_step"]}
+        phi_out = best_phi
+    return LearnedOptimizer(phi_out, method, config, hist, int(trainer.clipped_total),
                             int(trainer.nonfinite_total), events, time.perf_counter() - t0)
 
 

@@ -12,7 +12,7 @@ from .learned_tbt_tbv import margin_check, run_setting
 
 NAME = "e5"
 #: rows per task (TbT trains on all of them, TbV on half and validates on the other half)
-N = 300
+N = 200
 
 
 def _checks(res: Dict[str, Any], out_dir: str) -> List[Dict[str, Any]]:

@@ -14,7 +14,7 @@ from . import check
 from .learned_tbt_tbv import margin_check, previous_margin, run_setting
 
 NAME = "e6"
-N = 300
+N = 200
 NOISE = 0.2
 
 

@@ -33,6 +33,9 @@ COLOR = {"tbt": "tab:red", "tbv": "tab:blue", "sgd": "tab:gray", "adam": "tab:gr
 LABEL = {"tbt": "learned, train-by-train", "tbv": "learned, train-by-validation", "sgd": "SGD (tuned η)",
          "adam": "Adam (lr 1e-3)"}
 
+#: rows per task of the quick variants of E5/E6 (their smaller network shows the effect at 300)
+QUICK_N = 300
+
 #: meta-gradient estimator of the meta-training (see :func:`metastep.learned.meta_gradient`)
 ESTIMATOR = "first"
 
@@ -42,13 +45,13 @@ SCALES: Dict[str, Dict[str, Any]] = {
     # truncations long enough to avoid the short-horizon collapse of TbV (see the README)
     "quick": {"sizes": [64, 32, 10], "meta_steps": 60, "len_base": 30, "len_mean": 30, "trunc_base": 5,
               "trunc_mean": 5, "max_len": 100, "eval_runs": 5, "eval_steps": 400, "record_every": 50,
-              "sgd_lrs": (0.01, 0.03, 0.1, 0.3, 1.0), "meta_batch": 64},
+              "sgd_lrs": (0.01, 0.03, 0.1, 0.3, 1.0), "meta_batch": 64, "select_every": 15},
     "default": {"meta_steps": 100, "len_base": 30, "len_mean": 40, "trunc_base": 10, "trunc_mean": 10,
-                "max_len": 200, "eval_runs": 5, "eval_steps": 1500, "record_every": 100,
-                "sgd_lrs": tuple(np.geomspace(0.003, 3.0, 10)), "meta_batch": 128},
+                "max_len": 200, "eval_runs": 5, "eval_steps": 1000, "record_every": 50,
+                "sgd_lrs": tuple(np.geomspace(0.003, 3.0, 10)), "meta_batch": 128, "select_every": 20},
     "paper": {"meta_steps": 1000, "len_base": 50, "len_mean": 100, "trunc_base": 10, "trunc_mean": 30,
               "max_len": 0, "eval_runs": 10, "eval_steps": 3000, "record_every": 100,
-              "sgd_lrs": tuple(np.geomspace(1e-3, 3.0, 15)), "meta_batch": 128},
+              "sgd_lrs": tuple(np.geomspace(1e-3, 3.0, 15)), "meta_batch": 128, "select_every": 100},
 }
 
 
@@ -66,6 +69,8 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
     pool, test = data.split(digits, (POOL, TEST), seed=seed)
     if noise > 0:
         pool, _ = data.add_label_noise(pool, noise, seed=seed + 1)
+    if quick and n is not None:
+        n = QUICK_N
     n_eff = pool.n if n is None else int(n)
     cfg["n_effective"] = n_eff
     timing: Dict[str, float] = {}
@@ -75,12 +80,19 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
                   meta_batch=cfg["meta_batch"], estimator=cfg["estimator"], dtype="float32", seed=seed,
                   progress=progress, sizes=sizes)
     opts: Dict[str, learned.LearnedOptimizer] = {}
+    # checkpoint selection over the whole evaluation horizon, each method on its own meta-objective:
+    # TbT scores the training loss on its n rows, TbV the validation loss of its n/2 + n/2 split
+    sel_rows = np.random.default_rng(seed + 23).permutation(pool.n)[:n_eff]
+    sel_all, sel_tr, sel_va = (pool.subset(np.sort(sel_rows)), pool.subset(np.sort(sel_rows[: n_eff // 2])),
+                               pool.subset(np.sort(sel_rows[n_eff // 2:])))
+    sel = dict(select_every=cfg["select_every"], select_steps=cfg["eval_steps"])
     t0 = time.perf_counter()
-    opts["tbt"] = learned.meta_train(pool, method="tbt", n_train=n_eff, desc=f"{name} meta-training TbT", **common)
+    opts["tbt"] = learned.meta_train(pool, method="tbt", n_train=n_eff, desc=f"{name} meta-training TbT",
+                                     select_on=(sel_all, sel_all), **sel, **common)
     timing["meta_train_tbt"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     opts["tbv"] = learned.meta_train(pool, method="tbv", n_train=n_eff // 2, n_valid=n_eff - n_eff // 2,
-                                     desc=f"{name} meta-training TbV", **common)
+                                     desc=f"{name} meta-training TbV", select_on=(sel_tr, sel_va), **sel, **common)
     timing["meta_train_tbv"] = time.perf_counter() - t0
     paths = []
     for m, o in opts.items():
@@ -116,6 +128,7 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
                      "max": float(np.max(v))} for k, v in f.items() if k != "nonfinite_runs"}
              for m, f in final.items()}
     meta_info = {m: {"meta_steps": int(o.history["meta_loss"].size), "tasks": int(o.history["task"].max()),
+                     "selection": o.config.get("selection"),
                      "clipped_values": o.clipped_total, "nonfinite_meta_gradients": o.nonfinite_total,
                      "nonfinite_events": o.nonfinite_events, "seconds": o.seconds,
                      "final_meta_loss_mean_last10": float(np.nanmean(o.history["meta_loss"][-10:]))}
