@@ -320,6 +320,10 @@ def test_bad_input_raises_clear_errors(digits_split):
     th = learned.init_network(TINY)
     with pytest.raises(ValueError, match="positive"):
         learned.num_params((5, -1, 3))
+    with pytest.raises(TypeError, match="integers"):
+        learned.num_params((5, 2.5, 3))
+    with pytest.raises(ValueError, match="2 classes"):
+        learned.num_params((5, 1))
     with pytest.raises(ValueError, match="shape"):
         learned.loss_grad(th[:-1], d, TINY)
     bad = th.copy()

@@ -51,19 +51,20 @@ def _dtype(dtype: str) -> str:
 
 
 def _sizes(sizes: Sequence[int]) -> List[int]:
-    try:
-        s = [int(v) for v in sizes]
-    except (TypeError, ValueError):
-        raise TypeError(f"sizes must be a sequence of integers, got {sizes!r}") from None
-    if any(int(v) != v for v in sizes) if all(isinstance(v, (int, float, np.integer, np.floating)) for v in sizes) else False:
-        raise TypeError(f"sizes must be integers, got {list(sizes)}")
-    if len(s) < 2:
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__len__"):
+        raise TypeError(f"sizes must be a sequence of integers, got {sizes!r}")
+    out = []
+    for v in sizes:
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"sizes must be integers, got {list(sizes)!r}")
+        out.append(int(v))
+    if len(out) < 2:
         raise ValueError("sizes needs at least an input and an output size")
-    if any(v < 1 for v in s):
-        raise ValueError(f"every layer size must be positive, got {s}")
-    if s[-1] < 2:
+    if any(v < 1 for v in out):
+        raise ValueError(f"every layer size must be positive, got {out}")
+    if out[-1] < 2:
         raise ValueError("the output layer needs at least 2 classes")
-    return s
+    return out
 
 
 def _vec(x: Any, n: int, name: str) -> np.ndarray:
