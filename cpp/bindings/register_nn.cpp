@@ -326,6 +326,10 @@ void bind_nn(py::module_& m, const std::string& sfx) {
              return out;
            },
            py::arg("meta_steps"))
+      .def("restart_from",
+           [](Trainer& t, const F64Array& phi) { t.restart_from(vec_of<S>(phi, nn::kOptParams, "phi")); },
+           py::arg("phi").noconvert())
+      .def_property_readonly("restarts", &Trainer::restarts)
       .def_property_readonly("phi", [](const Trainer& t) { return out_vec<S>(t.phi()); })
       .def_property_readonly("clipped_total", &Trainer::clipped_total)
       .def_property_readonly("nonfinite_total", &Trainer::nonfinite_total)

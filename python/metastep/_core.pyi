@@ -283,6 +283,11 @@ mp_bits: int
 precisions: tuple
 quad_backend: str
 class MetaTrainer_float32:
+    def restart_from(self, phi: numpy.typing.NDArray[numpy.float64]) -> None:
+        ...
+    @property
+    def restarts(self) -> int:
+        ...
     def __init__(self, sizes: list[int], X: numpy.typing.NDArray[numpy.float64], y: numpy.typing.NDArray[numpy.int64], phi0: numpy.typing.NDArray[numpy.float64], config: dict) -> None:
         ...
     def run(self, meta_steps: int) -> list[dict]:
@@ -315,6 +320,11 @@ def train_curve_float32(sizes: list[int], phi: numpy.typing.NDArray[numpy.float6
 def truncation_float32(sizes: list[int], phi: numpy.typing.NDArray[numpy.float64], X_train: numpy.typing.NDArray[numpy.float64], y_train: numpy.typing.NDArray[numpy.int64], X_meta: numpy.typing.NDArray[numpy.float64], y_meta: numpy.typing.NDArray[numpy.int64], theta: numpy.typing.NDArray[numpy.float64], M: numpy.typing.NDArray[numpy.float64], V: numpy.typing.NDArray[numpy.float64], step: int, length: int, batch_size: int, meta_batch: int, seed: int, estimator: str, es_pairs: int, es_sigma: float, es_seed: int, frozen_gradients: numpy.typing.NDArray[numpy.float64] | None, forward_only: bool, return_gradients: bool) -> dict:
     ...
 class MetaTrainer_float64:
+    def restart_from(self, phi: numpy.typing.NDArray[numpy.float64]) -> None:
+        ...
+    @property
+    def restarts(self) -> int:
+        ...
     def __init__(self, sizes: list[int], X: numpy.typing.NDArray[numpy.float64], y: numpy.typing.NDArray[numpy.int64], phi0: numpy.typing.NDArray[numpy.float64], config: dict) -> None:
         ...
     def run(self, meta_steps: int) -> list[dict]:

@@ -298,7 +298,8 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
                lr: float = 1e-2, rms_decay: float = 0.9, rms_bias_correction: bool = True, clip: float = 1e4,
                es_pairs: int = 8,
                es_sigma: float = 0.01, select_every: int = 0, select_on: Optional[Tuple[Dataset, Dataset]] = None,
-               select_steps: int = 1000, progress: bool = True, desc: Optional[str] = None) -> LearnedOptimizer:
+               select_steps: int = 1000, rollback: float = 0.0, progress: bool = True,
+               desc: Optional[str] = None) -> LearnedOptimizer:
     """Meta-train the optimizer by truncated unrolls (SPEC §7).
 
     Each task draws ``n_train`` (+ ``n_valid``) rows of ``pool`` at random and a fresh network;
@@ -316,7 +317,10 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
     steps; its score is the mean loss on ``select_on[1]`` over that run (the meta-objective over
     the whole horizon instead of one truncation). The φ with the lowest score is returned. For
     train-by-train pass (training rows, the same rows); for train-by-validation (training rows,
-    validation rows). The scores are in ``config["selection"]``.
+    validation rows). The scores are in ``config["selection"]``. With ``rollback > 0``, a
+    checkpoint whose score exceeds the best one by more than ``rollback`` (relative) restarts the
+    meta-training from the best φ (RMSProp statistics reset, new tasks); restarts are counted in
+    ``config["selection"]["restarts"]``.
     """
     import time
     if method not in ("tbt", "tbv"):
@@ -356,6 +360,9 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
         from tqdm.auto import tqdm
         bar = tqdm(total=meta_steps, desc=desc or f"meta-training ({method.upper()})", leave=False)
     select_every = _posint(select_every, "select_every", 0)
+    rollback = float(rollback)
+    if not (math.isfinite(rollback) and rollback >= 0):
+        raise ValueError("rollback must be finite and non-negative")
     if select_every:
         if select_on is None or len(select_on) != 2:
             raise ValueError("select_every needs select_on = (training data, scoring data)")
@@ -372,9 +379,13 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
                         record_every=max(1, select_steps // 20), init_seed=seed + 31337, batch_seed=seed + 4242,
                         dtype=dt)
         score = float(np.mean(c.test_loss)) if not c.nonfinite["failed"] else math.inf
-        selection.append({"meta_step": k, "score": score})
-        if best_phi is None or score < min(e["score"] for e in selection[:-1]):
+        best_score = min((e["score"] for e in selection), default=math.inf)
+        selection.append({"meta_step": k, "score": score, "restart": False})
+        if best_phi is None or score < best_score:
             best_phi = np.array(trainer.phi)
+        elif rollback > 0 and k < meta_steps and not score <= best_score * (1.0 + rollback):
+            trainer.restart_from(best_phi)
+            selection[-1]["restart"] = True
 
     for k in range(1, meta_steps + 1):
         rec = trainer.run(1)[0]
@@ -394,7 +405,8 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
     if select_every:
         best = min(selection, key=lambda e: e["score"])
         config["selection"] = {"every": select_every, "steps": select_steps, "scores": selection,
-                               "chosen_meta_step": best["meta_step"]}
+                               "chosen_meta_step": best["meta_step"], "rollback": rollback,
+                               "restarts": int(trainer.restarts)}
         phi_out = best_phi
     return LearnedOptimizer(phi_out, method, config, hist, int(trainer.clipped_total),
                             int(trainer.nonfinite_total), events, time.perf_counter() - t0)

@@ -45,13 +45,16 @@ SCALES: Dict[str, Dict[str, Any]] = {
     # truncations long enough to avoid the short-horizon collapse of TbV (see the README)
     "quick": {"sizes": [64, 32, 10], "meta_steps": 60, "len_base": 30, "len_mean": 30, "trunc_base": 5,
               "trunc_mean": 5, "max_len": 100, "eval_runs": 5, "eval_steps": 400, "record_every": 50,
-              "sgd_lrs": (0.01, 0.03, 0.1, 0.3, 1.0), "meta_batch": 64, "select_every": 15},
+              "sgd_lrs": (0.01, 0.03, 0.1, 0.3, 1.0), "meta_batch": 64, "select_every": 15, "rollback": 0.0,
+              "meta_runs": 1},
     "default": {"meta_steps": 100, "len_base": 30, "len_mean": 40, "trunc_base": 10, "trunc_mean": 10,
                 "max_len": 200, "eval_runs": 5, "eval_steps": 1000, "record_every": 50,
-                "sgd_lrs": tuple(np.geomspace(0.003, 3.0, 10)), "meta_batch": 128, "select_every": 20},
+                "sgd_lrs": tuple(np.geomspace(0.003, 3.0, 10)), "meta_batch": 128, "select_every": 20, "rollback": 0.0,
+                "meta_runs": 1},
     "paper": {"meta_steps": 1000, "len_base": 50, "len_mean": 100, "trunc_base": 10, "trunc_mean": 30,
               "max_len": 0, "eval_runs": 10, "eval_steps": 3000, "record_every": 100,
-              "sgd_lrs": tuple(np.geomspace(1e-3, 3.0, 15)), "meta_batch": 128, "select_every": 100},
+              "sgd_lrs": tuple(np.geomspace(1e-3, 3.0, 15)), "meta_batch": 128, "select_every": 50, "rollback": 0.0,
+              "meta_runs": 3},
 }
 
 
@@ -85,15 +88,26 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
     sel_rows = np.random.default_rng(seed + 23).permutation(pool.n)[:n_eff]
     sel_all, sel_tr, sel_va = (pool.subset(np.sort(sel_rows)), pool.subset(np.sort(sel_rows[: n_eff // 2])),
                                pool.subset(np.sort(sel_rows[n_eff // 2:])))
-    sel = dict(select_every=cfg["select_every"], select_steps=cfg["eval_steps"])
-    t0 = time.perf_counter()
-    opts["tbt"] = learned.meta_train(pool, method="tbt", n_train=n_eff, desc=f"{name} meta-training TbT",
-                                     select_on=(sel_all, sel_all), **sel, **common)
-    timing["meta_train_tbt"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    opts["tbv"] = learned.meta_train(pool, method="tbv", n_train=n_eff // 2, n_valid=n_eff - n_eff // 2,
-                                     desc=f"{name} meta-training TbV", select_on=(sel_tr, sel_va), **sel, **common)
-    timing["meta_train_tbv"] = time.perf_counter() - t0
+    sel = dict(select_every=cfg["select_every"], select_steps=cfg["eval_steps"], rollback=cfg["rollback"])
+    specs = {"tbt": dict(method="tbt", n_train=n_eff, select_on=(sel_all, sel_all)),
+             "tbv": dict(method="tbv", n_train=n_eff // 2, n_valid=n_eff - n_eff // 2, select_on=(sel_tr, sel_va))}
+    restarts: Dict[str, List[float]] = {}
+    for m, spec in specs.items():
+        # independent meta-training runs (seeds seed, seed + 1000, ...); the one whose best checkpoint
+        # scores lowest on the method's own meta-objective is kept
+        t0 = time.perf_counter()
+        best = None
+        restarts[m] = []
+        for k in range(cfg["meta_runs"]):
+            kw = dict(common, seed=seed + 1000 * k)
+            o = learned.meta_train(pool, desc=f"{name} meta-training {m.upper()} (run {k + 1}/{cfg['meta_runs']})",
+                                   **spec, **sel, **kw)
+            score = min(e["score"] for e in o.config["selection"]["scores"]) if sel["select_every"] else 0.0
+            restarts[m].append(score)
+            if best is None or score < best[0]:
+                best = (score, o)
+        opts[m] = best[1]
+        timing[f"meta_train_{m}"] = time.perf_counter() - t0
     paths = []
     for m, o in opts.items():
         p = os.path.join(exp_dir, f"{name}_optimizer_{m}.npz")
@@ -133,6 +147,8 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
                      "nonfinite_events": o.nonfinite_events, "seconds": o.seconds,
                      "final_meta_loss_mean_last10": float(np.nanmean(o.history["meta_loss"][-10:]))}
                  for m, o in opts.items()}
+    for m in opts:
+        meta_info[m]["run_best_scores"] = restarts[m]
     res = {"config": cfg, "curves": curves, "final": final, "stats": stats, "margin": margin, "spread": spread,
            "sgd_tuning": tuned, "meta": meta_info, "optimizers": opts, "timing": timing, "title": title}
     checks = checks_fn(res, out_dir)

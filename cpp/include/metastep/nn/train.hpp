@@ -152,6 +152,17 @@ class MetaTrainer {
     return out;
   }
   const Vec<S>& phi() const { return phi_; }
+  // Restart from weights phi (e.g. a checkpoint): RMSProp's statistics are reset and the current
+  // task is abandoned; the random streams go on (the next tasks are new ones).
+  void restart_from(const Vec<S>& phi) {
+    if (phi.size() != kOptParams) throw std::invalid_argument("optimizer weights must have 1090 entries");
+    phi_ = phi;
+    rms_.setZero();
+    updates_ = 0;
+    left_ = 0;
+    ++restarts_;
+  }
+  std::int64_t restarts() const { return restarts_; }
   std::int64_t clipped_total() const { return clipped_total_; }
   std::int64_t nonfinite_total() const { return nonfinite_total_; }
   std::int64_t meta_steps() const { return meta_step_; }
@@ -240,7 +251,7 @@ class MetaTrainer {
   Unroller<S> unroller_;
   Rng rng_;
   InnerState<S> state_;
-  std::int64_t left_ = 0, task_ = 0, meta_step_ = 0, clipped_total_ = 0, nonfinite_total_ = 0, updates_ = 0;
+  std::int64_t left_ = 0, task_ = 0, meta_step_ = 0, clipped_total_ = 0, nonfinite_total_ = 0, updates_ = 0, restarts_ = 0;
 };
 
 }  // namespace metastep::nn
