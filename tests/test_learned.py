@@ -425,3 +425,29 @@ def test_quick_e6_margin_exceeds_e5(quick_learned_runs):
     # TbT fits the noisy training labels, TbV does not
     f = runs["e6"]["final"]
     assert f["tbt"]["train_acc"]["mean"] > f["tbv"]["train_acc"]["mean"] + 0.05
+
+
+def test_checkpoint_selection_and_rollback(digits_split):
+    pool, _ = digits_split
+    tr, va = pool.subset(np.arange(100)), pool.subset(np.arange(100, 200))
+    kw = dict(method="tbv", n_train=100, n_valid=100, meta_steps=6, len_base=8, len_mean=4, trunc_base=2,
+              trunc_mean=1, progress=False, seed=5, select_every=1, select_on=(tr, va), select_steps=40)
+    o = learned.meta_train(pool, rollback=1e-9, **dict(kw, lr=0.3))  # a meta-step size that overshoots
+    sel = o.config["selection"]
+    scores = [e["score"] for e in sel["scores"]]
+    assert len(scores) == 6 and sel["restarts"] == sum(e["restart"] for e in sel["scores"]) >= 2
+    assert sel["chosen_meta_step"] == 1 + int(np.argmin(scores))
+    # the returned weights are the chosen checkpoint: rescoring them gives the smallest score
+    c = learned.train_curve(o, tr, va, steps=40, record_every=2, init_seed=5 + 31337, batch_seed=5 + 4242)
+    assert float(np.mean(c.test_loss)) == pytest.approx(min(scores), rel=1e-6)
+    # a restart follows a checkpoint that scores worse than the best one so far
+    k = next(i for i, e in enumerate(sel["scores"]) if e["restart"])
+    assert scores[k] > min(scores[:k])
+    # without rollback the meta-training trajectory is the plain one
+    plain = learned.meta_train(pool, **kw)
+    assert plain.config["selection"]["restarts"] == 0
+    ref = learned.meta_train(pool, **{k: v for k, v in kw.items() if k not in ("select_every", "select_on",
+                                                                                  "select_steps")})
+    np.testing.assert_array_equal(plain.history["meta_loss"], ref.history["meta_loss"])
+    with pytest.raises(ValueError, match="select_on"):
+        learned.meta_train(pool, method="tbt", n_train=50, meta_steps=1, select_every=1, progress=False)
