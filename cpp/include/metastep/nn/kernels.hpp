@@ -47,6 +47,23 @@ inline __attribute__((always_inline)) void hidden_backward_impl(const S* Hb, std
   }
 }
 
+// G(c, :) += Σ_i F(c·ldf + i)·Hb(i, :), summed over i in order (G row-major 22 × 32).
+template <class S>
+inline __attribute__((always_inline)) void weight_grad_impl(const S* F, std::ptrdiff_t ldf, std::ptrdiff_t P,
+                                                            const S* Hb, S* G) {
+  S acc[kIn * kOut];
+  for (int k = 0; k < kIn * kOut; ++k) acc[k] = S(0);
+  for (std::ptrdiff_t i = 0; i < P; ++i) {
+    const S* hb = Hb + i * kOut;
+    for (int c = 0; c < kIn; ++c) {
+      const S f = F[c * ldf + i];
+      S* a = acc + c * kOut;
+      for (int j = 0; j < kOut; ++j) a[j] += f * hb[j];
+    }
+  }
+  for (int k = 0; k < kIn * kOut; ++k) G[k] += acc[k];
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define METASTEP_NN_DISPATCH 1
 template <class S>
@@ -58,6 +75,11 @@ template <class S>
 __attribute__((target("avx2"))) inline void hidden_backward_avx2(const S* Hb, std::ptrdiff_t P, const S* Wt, S* Fb,
                                                                   std::ptrdiff_t ldf) {
   hidden_backward_impl(Hb, P, Wt, Fb, ldf);
+}
+template <class S>
+__attribute__((target("avx2"))) inline void weight_grad_avx2(const S* F, std::ptrdiff_t ldf, std::ptrdiff_t P,
+                                                              const S* Hb, S* G) {
+  weight_grad_impl(F, ldf, P, Hb, G);
 }
 inline bool have_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
@@ -79,6 +101,14 @@ void hidden_backward(const S* Hb, std::ptrdiff_t P, const S* Wt, S* Fb, std::ptr
   if (have_avx2()) return hidden_backward_avx2(Hb, P, Wt, Fb, ldf);
 #endif
   hidden_backward_impl(Hb, P, Wt, Fb, ldf);
+}
+
+template <class S>
+void weight_grad(const S* F, std::ptrdiff_t ldf, std::ptrdiff_t P, const S* Hb, S* G) {
+#ifdef METASTEP_NN_DISPATCH
+  if (have_avx2()) return weight_grad_avx2(F, ldf, P, Hb, G);
+#endif
+  weight_grad_impl(F, ldf, P, Hb, G);
 }
 
 }  // namespace metastep::nn::kernel

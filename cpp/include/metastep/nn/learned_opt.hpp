@@ -143,7 +143,7 @@ class LearnedOpt {
     Hb_.noalias() = Ob_ * w2(phi).transpose();
     Hb_ = Hb_.cwiseProduct((Hpre_.array() > S(0)).matrix().template cast<S>());
     Eigen::Map<Eigen::Matrix<S, kFeatures, kHidden, Eigen::RowMajor>> W1b(phib.data() + kW1);
-    W1b.topRows(kCoordFeatures).noalias() += F_.transpose() * Hb_;
+    kernel::weight_grad<S>(F_.data(), F_.outerStride(), P, Hb_.data(), phib.data() + kW1);
     const Eigen::Matrix<S, 1, kHidden> hsum = Hb_.colwise().sum();
     W1b.bottomRows(kTimeFeatures).noalias() += tf_.transpose() * hsum;
     Eigen::Map<Eigen::Matrix<S, 1, kHidden>>(phib.data() + kB1) += hsum;
