@@ -64,6 +64,40 @@ inline __attribute__((always_inline)) void weight_grad_impl(const S* F, std::ptr
   for (int k = 0; k < kIn * kOut; ++k) G[k] += acc[k];
 }
 
+// Adjoint of the second layer out(i, k) = b2_k + Σ_j relu(Hpre(i, j))·W2(j, k), k = 0, 1, given
+// oa(i) = d/dout(i, 0), ob(i) = d/dout(i, 1): Hb(i, j) = [Hpre(i, j) > 0]·(oa·W2(j, 0) + ob·W2(j, 1)),
+// W2b(j, k) += Σ_i relu(Hpre(i, j))·o_k(i), hsum(j) += Σ_i Hb(i, j) (sums over i in order).
+template <class S>
+inline __attribute__((always_inline)) void output_backward_impl(const S* Hpre, const S* oa, const S* ob,
+                                                                std::ptrdiff_t P, const S* W2, S* Hb, S* W2b,
+                                                                S* hsum) {
+  S w0[kOut], w1[kOut], g0[kOut], g1[kOut], hs[kOut];
+  for (int j = 0; j < kOut; ++j) {
+    w0[j] = W2[2 * j];
+    w1[j] = W2[2 * j + 1];
+    g0[j] = g1[j] = hs[j] = S(0);
+  }
+  for (std::ptrdiff_t i = 0; i < P; ++i) {
+    const S a = oa[i], b = ob[i];
+    const S* h = Hpre + i * kOut;
+    S* hb = Hb + i * kOut;
+    for (int j = 0; j < kOut; ++j) {
+      const bool on = h[j] > S(0);
+      const S r = on ? h[j] : S(0);
+      const S v = on ? a * w0[j] + b * w1[j] : S(0);
+      hb[j] = v;
+      g0[j] += r * a;
+      g1[j] += r * b;
+      hs[j] += v;
+    }
+  }
+  for (int j = 0; j < kOut; ++j) {
+    W2b[2 * j] += g0[j];
+    W2b[2 * j + 1] += g1[j];
+    hsum[j] += hs[j];
+  }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define METASTEP_NN_DISPATCH 1
 template <class S>
@@ -80,6 +114,12 @@ template <class S>
 __attribute__((target("avx2"))) inline void weight_grad_avx2(const S* F, std::ptrdiff_t ldf, std::ptrdiff_t P,
                                                               const S* Hb, S* G) {
   weight_grad_impl(F, ldf, P, Hb, G);
+}
+template <class S>
+__attribute__((target("avx2"))) inline void output_backward_avx2(const S* Hpre, const S* oa, const S* ob,
+                                                                  std::ptrdiff_t P, const S* W2, S* Hb, S* W2b,
+                                                                  S* hsum) {
+  output_backward_impl(Hpre, oa, ob, P, W2, Hb, W2b, hsum);
 }
 inline bool have_avx2() {
   static const bool yes = __builtin_cpu_supports("avx2");
@@ -109,6 +149,15 @@ void weight_grad(const S* F, std::ptrdiff_t ldf, std::ptrdiff_t P, const S* Hb, 
   if (have_avx2()) return weight_grad_avx2(F, ldf, P, Hb, G);
 #endif
   weight_grad_impl(F, ldf, P, Hb, G);
+}
+
+template <class S>
+void output_backward(const S* Hpre, const S* oa, const S* ob, std::ptrdiff_t P, const S* W2, S* Hb, S* W2b,
+                     S* hsum) {
+#ifdef METASTEP_NN_DISPATCH
+  if (have_avx2()) return output_backward_avx2(Hpre, oa, ob, P, W2, Hb, W2b, hsum);
+#endif
+  output_backward_impl(Hpre, oa, ob, P, W2, Hb, W2b, hsum);
 }
 
 }  // namespace metastep::nn::kernel

@@ -136,15 +136,14 @@ class LearnedOpt {
     Ob_.resize(P, 2);
     Ob_.col(0) = S(kOutScale) * ubar.cwiseProduct(E_);
     Ob_.col(1) = S(kOutScale * kOutScale) * ubar.cwiseProduct(Out_.col(0)).cwiseProduct(E_);
-    Eigen::Map<Eigen::Matrix<S, kHidden, 2, Eigen::RowMajor>> W2b(phib.data() + kW2);
-    W2b.noalias() += H_.transpose() * Ob_;
     phib[kB2] += Ob_.col(0).sum();
     phib[kB2 + 1] += Ob_.col(1).sum();
-    Hb_.noalias() = Ob_ * w2(phi).transpose();
-    Hb_ = Hb_.cwiseProduct((Hpre_.array() > S(0)).matrix().template cast<S>());
+    Hb_.resize(P, kHidden);
+    Eigen::Matrix<S, 1, kHidden> hsum = Eigen::Matrix<S, 1, kHidden>::Zero();
+    kernel::output_backward<S>(Hpre_.data(), Ob_.data(), Ob_.data() + Ob_.outerStride(), P, phi.data() + kW2,
+                               Hb_.data(), phib.data() + kW2, hsum.data());
     Eigen::Map<Eigen::Matrix<S, kFeatures, kHidden, Eigen::RowMajor>> W1b(phib.data() + kW1);
     kernel::weight_grad<S>(F_.data(), F_.outerStride(), P, Hb_.data(), phib.data() + kW1);
-    const Eigen::Matrix<S, 1, kHidden> hsum = Hb_.colwise().sum();
     W1b.bottomRows(kTimeFeatures).noalias() += tf_.transpose() * hsum;
     Eigen::Map<Eigen::Matrix<S, 1, kHidden>>(phib.data() + kB1) += hsum;
     Wt_.assign(static_cast<size_t>(kHidden) * 24, S(0));
