@@ -78,6 +78,10 @@ py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws,
 #define METASTEP_EIGEN_LOCATION "unknown"
 #endif
 
+namespace metastep::bind {
+void register_nn(py::module_& m);  // register_nn.cpp: learned optimizers (float64, float32)
+}
+
 #define METASTEP_STR2(x) #x
 #define METASTEP_STR(x) METASTEP_STR2(x)
 
@@ -159,4 +163,5 @@ PYBIND11_MODULE(_core, m) {
   metastep::bind::register_precision<metastep::quad>(m, "quad");
 #endif
   metastep::bind::register_precision<metastep::mp_t>(m, "mp");
+  metastep::bind::register_nn(m);
 }

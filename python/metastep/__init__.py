@@ -12,6 +12,7 @@ from ._validate import DTYPES
 from .api import DEFAULT_MEMORY_LIMIT, MODES, OBJECTIVES, cuda_available, metagrad, resolve_mode, sgd_batches, unroll
 from .problems import LeastSquares, Quadratic, random_least_squares, random_quadratic
 from .results import MetaGradResult, UnrollResult
+from . import data, learned  # learned optimizers (SPEC §7): metastep.learned, metastep.data
 
 __version__: str = _core.__version__
 #: Eigen version the compiled core was built against (from the pinned cmeel-eigen wheel).
@@ -23,7 +24,7 @@ __all__ = [
     "Quadratic", "LeastSquares", "random_quadratic", "random_least_squares",
     "unroll", "metagrad", "sgd_batches", "MetaGradResult", "UnrollResult",
     "MODES", "OBJECTIVES", "DTYPES", "PRECISIONS", "DEFAULT_MEMORY_LIMIT", "EIGEN_VERSION",
-    "build_info", "cuda_available", "resolve_mode", "__version__",
+    "build_info", "cuda_available", "resolve_mode", "__version__", "data", "learned",
 ]
 
 

@@ -197,14 +197,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.name} does not support --workers/--scheduler (supported: {', '.join(supported)})")
     ok = True
     for name in names:
+        extra = {"paper": True} if getattr(args, "paper_scale", False) and name in ("e5", "e6", "e7") else {}
         if opts and _supports_sweep(experiments.get(name)):
             summary = experiments.get(name).run(args.out, quick=args.quick, seed=args.seed,
-                                                progress=not args.no_progress, **opts)
+                                                progress=not args.no_progress, **opts, **extra)
         else:
             if opts:
                 print(f"note: {name} runs in this process (it does not support --workers/--scheduler)")
             summary = experiments.run(name, args.out, quick=args.quick, seed=args.seed,
-                                      progress=not args.no_progress)
+                                      progress=not args.no_progress, **extra)
         _print_checks(f"metastep reproduce {name}{' --quick' if args.quick else ''}", summary,
                       f"{args.out}/{name}/summary.json")
         ok = ok and bool(summary["passed"])
@@ -297,6 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_sweep_arguments(r)
+    r.add_argument("--paper-scale", action="store_true",
+                   help="E5-E7: the paper's truncation schedule, 1000 meta-steps, 3 meta-training runs per method, "
+                   "10 evaluation runs of 3000 steps (hours)")
     r.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("stability", help="sweep mode x precision x t x eta against the exact oracle",

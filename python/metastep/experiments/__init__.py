@@ -12,7 +12,9 @@ and returns that summary (plus the raw results under ``"results"``, not written 
 
 Available: ``e1`` (meta-training η, paper Fig. 1), ``e2`` (η*(t), Fig. 2), ``egrad``
 (meta-gradient explosion and where each mode/precision fails; Theorems 3–4, Corollary 1),
-``e3``, ``e4`` and ``e3-sgd`` (train-by-train vs train-by-validation, Figs. 3–4).
+``e3``, ``e4`` and ``e3-sgd`` (train-by-train vs train-by-validation, Figs. 3–4), ``e5``, ``e6``,
+``e7`` (the same for learned optimizers on digits, Figs. 5–7; their ``run`` also takes
+``paper=True`` for the paper-scale configuration).
 """
 from __future__ import annotations
 
@@ -27,7 +29,8 @@ import numpy as np
 __all__ = ["EXPERIMENTS", "get", "run", "check", "write_summary", "jsonable"]
 
 #: Experiment names (as in ``metastep reproduce NAME``) and their modules.
-EXPERIMENTS = {"e1": "e1", "e2": "e2", "egrad": "egrad", "e3": "e3", "e4": "e4", "e3-sgd": "e3_sgd"}
+EXPERIMENTS = {"e1": "e1", "e2": "e2", "egrad": "egrad", "e3": "e3", "e4": "e4", "e3-sgd": "e3_sgd",
+               "e5": "e5", "e6": "e6", "e7": "e7"}
 
 
 def get(name: str) -> Any:
@@ -37,8 +40,11 @@ def get(name: str) -> Any:
     return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
 
 
-def run(name: str, out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True) -> Dict[str, Any]:
-    """Run experiment ``name`` (see the module docstrings)."""
+def run(name: str, out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True,
+        paper: bool = False) -> Dict[str, Any]:
+    """Run experiment ``name`` (see the module docstrings); ``paper`` (E5–E7 only): paper scale."""
+    if paper:
+        return get(name).run(out_dir, quick=quick, seed=seed, progress=progress, paper=True)
     return get(name).run(out_dir, quick=quick, seed=seed, progress=progress)
 
 

@@ -1,0 +1,250 @@
+"""Shared runner of E5–E7 (paper Figs. 5–7; SPEC §8): learned optimizers meta-trained
+train-by-train (TbT) or train-by-validation (TbV) on the scikit-learn digits, plus a tuned-SGD
+and an Adam baseline, evaluated by training fresh 64–100–20–10 networks.
+
+Protocol (one setting = sample size n per task and label-noise fraction):
+1. digits → a pool of 1,400 rows and a clean test set of 397 rows (seeded split); label noise,
+   if any, replaces that fraction of the pool's labels by uniform random labels.
+2. Meta-training (SPEC §7, first-order truncated back-propagation, RMSProp 1e−2, clipping at
+   ±1e4): every task draws n rows of the pool and a fresh network. TbT trains and scores the
+   meta-loss on all n rows; TbV trains on n/2 and scores on the other n/2 (as E3).
+3. SGD's step size is tuned by grid search on the validation loss of the same n/2 + n/2 split.
+4. Evaluation: ≥ 5 runs; run r draws n rows of the pool (the same rows and the same network
+   initialization for every optimizer), trains for ``eval_steps`` minibatch steps and records
+   train and test accuracy along the way. "Final" = at the last step.
+The margin is mean(TbV final test acc) − mean(TbT final test acc); the spread is the larger of the
+two standard deviations over runs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from .. import data, learned
+from . import check, pyplot, progress_iter, write_summary
+
+POOL, TEST = 1400, 397
+METHODS = ("tbt", "tbv", "sgd", "adam")
+COLOR = {"tbt": "tab:red", "tbv": "tab:blue", "sgd": "tab:gray", "adam": "tab:green"}
+LABEL = {"tbt": "learned, train-by-train", "tbv": "learned, train-by-validation", "sgd": "SGD (tuned η)",
+         "adam": "Adam (lr 1e-3)"}
+
+#: rows per task of the quick variants of E5/E6 (their smaller network shows the effect at 300)
+QUICK_N = 300
+
+#: meta-gradient estimator of the meta-training (see :func:`metastep.learned.meta_gradient`)
+ESTIMATOR = "first"
+
+#: meta-training/evaluation scales (``n`` and ``noise`` come from the experiment)
+SCALES: Dict[str, Dict[str, Any]] = {
+    # a smaller network (64-32-10, 3.6x fewer parameters) so that the quick variant can afford
+    # truncations long enough to avoid the short-horizon collapse of TbV (see the README)
+    "quick": {"sizes": [64, 32, 10], "meta_steps": 60, "len_base": 30, "len_mean": 30, "trunc_base": 5,
+              "trunc_mean": 5, "max_len": 100, "eval_runs": 5, "eval_steps": 400, "record_every": 50,
+              "sgd_lrs": (0.01, 0.03, 0.1, 0.3, 1.0), "meta_batch": 64, "select_every": 15, "rollback": 0.0,
+              "meta_runs": 1},
+    "default": {"meta_steps": 100, "len_base": 30, "len_mean": 40, "trunc_base": 10, "trunc_mean": 10,
+                "max_len": 200, "eval_runs": 5, "eval_steps": 1000, "record_every": 50,
+                "sgd_lrs": tuple(np.geomspace(0.003, 3.0, 10)), "meta_batch": 128, "select_every": 20, "rollback": 0.0,
+                "meta_runs": 1},
+    "paper": {"meta_steps": 1000, "len_base": 50, "len_mean": 100, "trunc_base": 10, "trunc_mean": 30,
+              "max_len": 0, "eval_runs": 10, "eval_steps": 3000, "record_every": 100,
+              "sgd_lrs": tuple(np.geomspace(1e-3, 3.0, 15)), "meta_batch": 128, "select_every": 50, "rollback": 0.0,
+              "meta_runs": 3},
+}
+
+
+def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: str, quick: bool, seed: int,
+                progress: bool, paper: bool, checks_fn: Any) -> Dict[str, Any]:
+    t_start = time.perf_counter()
+    scale = "quick" if quick else ("paper" if paper else "default")
+    cfg = dict(SCALES[scale], n=n, noise=noise, scale=scale, dtype="float32", lr=1e-2, clip=1e4)
+    cfg.setdefault("sizes", list(learned.DIGITS_SIZES))
+    sizes = list(cfg["sizes"])
+    cfg.setdefault("estimator", ESTIMATOR)
+    exp_dir = os.path.join(out_dir, name)
+    os.makedirs(exp_dir, exist_ok=True)
+    digits = data.load_digits()
+    pool, test = data.split(digits, (POOL, TEST), seed=seed)
+    if noise > 0:
+        pool, _ = data.add_label_noise(pool, noise, seed=seed + 1)
+    if quick and n is not None:
+        n = QUICK_N
+    n_eff = pool.n if n is None else int(n)
+    cfg["n_effective"] = n_eff
+    timing: Dict[str, float] = {}
+
+    common = dict(meta_steps=cfg["meta_steps"], len_base=cfg["len_base"], len_mean=cfg["len_mean"],
+                  trunc_base=cfg["trunc_base"], trunc_mean=cfg["trunc_mean"], max_len=cfg["max_len"],
+                  meta_batch=cfg["meta_batch"], estimator=cfg["estimator"], dtype="float32", seed=seed,
+                  progress=progress, sizes=sizes)
+    opts: Dict[str, learned.LearnedOptimizer] = {}
+    # checkpoint selection over the whole evaluation horizon, each method on its own meta-objective:
+    # TbT scores the training loss on its n rows, TbV the validation loss of its n/2 + n/2 split
+    sel_rows = np.random.default_rng(seed + 23).permutation(pool.n)[:n_eff]
+    sel_all, sel_tr, sel_va = (pool.subset(np.sort(sel_rows)), pool.subset(np.sort(sel_rows[: n_eff // 2])),
+                               pool.subset(np.sort(sel_rows[n_eff // 2:])))
+    sel = dict(select_every=cfg["select_every"], select_steps=cfg["eval_steps"], rollback=cfg["rollback"])
+    specs = {"tbt": dict(method="tbt", n_train=n_eff, select_on=(sel_all, sel_all)),
+             "tbv": dict(method="tbv", n_train=n_eff // 2, n_valid=n_eff - n_eff // 2, select_on=(sel_tr, sel_va))}
+    restarts: Dict[str, List[float]] = {}
+    for m, spec in specs.items():
+        # independent meta-training runs (seeds seed, seed + 1000, ...); the one whose best checkpoint
+        # scores lowest on the method's own meta-objective is kept
+        t0 = time.perf_counter()
+        best = None
+        restarts[m] = []
+        for k in range(cfg["meta_runs"]):
+            kw = dict(common, seed=seed + 1000 * k)
+            o = learned.meta_train(pool, desc=f"{name} meta-training {m.upper()} (run {k + 1}/{cfg['meta_runs']})",
+                                   **spec, **sel, **kw)
+            score = min(e["score"] for e in o.config["selection"]["scores"]) if sel["select_every"] else 0.0
+            restarts[m].append(score)
+            if best is None or score < best[0]:
+                best = (score, o)
+        opts[m] = best[1]
+        timing[f"meta_train_{m}"] = time.perf_counter() - t0
+    paths = []
+    for m, o in opts.items():
+        p = os.path.join(exp_dir, f"{name}_optimizer_{m}.npz")
+        o.save(p)
+        paths.append(p)
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed + 17)
+    idx = rng.permutation(pool.n)[:n_eff]
+    tr, va = pool.subset(idx[: n_eff // 2]), pool.subset(idx[n_eff // 2:])
+    tuned = learned.tune_sgd(tr, va, steps=cfg["eval_steps"], lrs=cfg["sgd_lrs"], dtype="float32", sizes=sizes)
+    timing["sgd_tuning"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    curves: Dict[str, List[learned.Curve]] = {m: [] for m in METHODS}
+    for r in progress_iter(range(cfg["eval_runs"]), progress, f"{name} evaluation runs"):
+        sub = pool if n is None else pool.subset(np.sort(np.random.default_rng(seed + 1000 + r).permutation(pool.n)[:n_eff]))
+        kw = dict(steps=cfg["eval_steps"], record_every=cfg["record_every"], init_seed=seed + 100 + r,
+                  batch_seed=seed + 200 + r, dtype="float32", sizes=sizes)
+        curves["tbt"].append(learned.train_curve(opts["tbt"], sub, test, **kw))
+        curves["tbv"].append(learned.train_curve(opts["tbv"], sub, test, **kw))
+        curves["sgd"].append(learned.train_curve("sgd", sub, test, lr=tuned["lr"], **kw))
+        curves["adam"].append(learned.train_curve("adam", sub, test, lr=1e-3, **kw))
+    timing["evaluation"] = time.perf_counter() - t0
+
+    final = {m: {"test_acc": np.array([c.test_acc[-1] for c in cs]), "train_acc": np.array([c.train_acc[-1] for c in cs]),
+                 "test_loss": np.array([c.test_loss[-1] for c in cs]),
+                 "nonfinite_runs": int(sum(c.nonfinite["failed"] for c in cs))} for m, cs in curves.items()}
+    margin = float(final["tbv"]["test_acc"].mean() - final["tbt"]["test_acc"].mean())
+    spread = float(max(final["tbv"]["test_acc"].std(), final["tbt"]["test_acc"].std()))
+    stats = {m: {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "min": float(np.min(v)),
+                     "max": float(np.max(v))} for k, v in f.items() if k != "nonfinite_runs"}
+             for m, f in final.items()}
+    meta_info = {m: {"meta_steps": int(o.history["meta_loss"].size), "tasks": int(o.history["task"].max()),
+                     "selection": o.config.get("selection"),
+                     "clipped_values": o.clipped_total, "nonfinite_meta_gradients": o.nonfinite_total,
+                     "nonfinite_events": o.nonfinite_events, "seconds": o.seconds,
+                     "final_meta_loss_mean_last10": float(np.nanmean(o.history["meta_loss"][-10:]))}
+                 for m, o in opts.items()}
+    for m in opts:
+        meta_info[m]["run_best_scores"] = restarts[m]
+    res = {"config": cfg, "curves": curves, "final": final, "stats": stats, "margin": margin, "spread": spread,
+           "sgd_tuning": tuned, "meta": meta_info, "optimizers": opts, "timing": timing, "title": title}
+    checks = checks_fn(res, out_dir)
+    checks.append(check("every non-finite meta-gradient is counted and no evaluation run went non-finite",
+                        all(final[m]["nonfinite_runs"] == 0 for m in METHODS),
+                        {m: {"nonfinite_runs": final[m]["nonfinite_runs"]} for m in METHODS} |
+                        {f"meta_{m}": {"clipped": meta_info[m]["clipped_values"],
+                                       "nonfinite": meta_info[m]["nonfinite_meta_gradients"]} for m in opts},
+                        "0 non-finite evaluation runs (meta-training counts reported)"))
+
+    t0 = time.perf_counter()
+    paths += _write(res, exp_dir, name)
+    figures = plot(res, exp_dir, name)
+    timing["output"] = time.perf_counter() - t0
+    seconds = time.perf_counter() - t_start
+    timing["total"] = seconds
+    summary = write_summary(exp_dir, name, checks, seconds, quick=quick, paper_scale=paper, seed=seed,
+                            config={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+                            margin=margin, spread=spread, final=stats, sgd_lr=tuned["lr"], meta_training=meta_info,
+                            timing=timing, figures=figures, data=paths)
+    summary["results"] = res
+    return summary
+
+
+def _write(res: Dict[str, Any], exp_dir: str, name: str) -> List[str]:
+    p = os.path.join(exp_dir, f"{name}_curves.json")
+    out = {"config": res["config"], "sgd_lr": res["sgd_tuning"]["lr"],
+           "sgd_grid": {"lrs": res["sgd_tuning"]["lrs"].tolist(), "valid_loss": res["sgd_tuning"]["valid_loss"].tolist()},
+           "curves": {m: [{"steps": c.steps.tolist(), "train_acc": c.train_acc.tolist(), "test_acc": c.test_acc.tolist(),
+                           "train_loss": c.train_loss.tolist(), "test_loss": c.test_loss.tolist(),
+                           "nonfinite": c.nonfinite} for c in cs] for m, cs in res["curves"].items()},
+           "meta_history": {m: {k: np.asarray(v).tolist() for k, v in o.history.items()}
+                            for m, o in res["optimizers"].items()}}
+    from . import jsonable
+    with open(p, "w") as fh:
+        json.dump(jsonable(out), fh)
+    return [p]
+
+
+def plot(results: Dict[str, Any], out_dir: str, name: str) -> List[str]:
+    """Accuracy curves (train and test, mean and min–max band over runs) and meta-training losses."""
+    plt = pyplot()
+    cfg = results["config"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    for m in METHODS:
+        cs = results["curves"][m]
+        x = cs[0].steps
+        for ax, key in ((axes[0], "train_acc"), (axes[1], "test_acc")):
+            arr = np.array([getattr(c, key) for c in cs if c.steps.size == x.size])
+            ax.plot(x, arr.mean(0), color=COLOR[m], label=LABEL[m])
+            ax.fill_between(x, arr.min(0), arr.max(0), color=COLOR[m], alpha=0.15)
+    for ax, t in ((axes[0], "train accuracy"), (axes[1], "test accuracy")):
+        ax.set_xlabel("inner iteration")
+        ax.set_ylabel(t)
+        ax.set_title(t, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    lo = min(np.min([c.test_acc[-1] for c in results["curves"][m]]) for m in METHODS)
+    axes[1].set_ylim(max(0.0, lo - 0.1), 1.0)
+    for m, o in results["optimizers"].items():
+        h = o.history["meta_loss"]
+        k = max(1, h.size // 20)
+        sm = np.convolve(np.nan_to_num(h, nan=np.nan), np.ones(k) / k, mode="valid")
+        axes[2].plot(np.arange(sm.size) + k, sm, color=COLOR[m], label=f"{m.upper()} meta-loss ({k}-step mean)")
+    axes[2].set_xlabel("meta-step (truncation)")
+    axes[2].set_ylabel("meta-loss (mean loss over the truncation)")
+    axes[2].set_title("meta-training", fontsize=10)
+    axes[2].grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    noise = f", {cfg['noise']:.0%} label noise" if cfg["noise"] else ""
+    net = "–".join(str(v) for v in cfg["sizes"])
+    fig.suptitle(f"{name.upper()}: {results['title']} — digits, {net} network, n = {cfg['n_effective']} per task{noise}; "
+                 f"TbV − TbT final test accuracy {results['margin']:+.3f} (spread {results['spread']:.3f}, "
+                 f"{cfg['eval_runs']} runs)", fontsize=11)
+    fig.tight_layout()
+    p = os.path.join(out_dir, f"{name}_accuracy.png")
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return [p]
+
+
+def margin_check(res: Dict[str, Any], what: str) -> Dict[str, Any]:
+    st = res["stats"]
+    return check(what, res["margin"] > res["spread"],
+                 {"tbv_test_acc": st["tbv"]["test_acc"], "tbt_test_acc": st["tbt"]["test_acc"],
+                  "margin": res["margin"], "spread": res["spread"]},
+                 "mean TbV - mean TbT final test accuracy > max std over runs")
+
+
+def previous_margin(out_dir: str, name: str, res: Dict[str, Any]) -> Optional[float]:
+    """The margin of experiment ``name`` already written in ``out_dir`` at the same scale and seed."""
+    p = os.path.join(out_dir, name, "summary.json")
+    if not os.path.exists(p):
+        return None
+    with open(p) as fh:
+        s = json.load(fh)
+    if s.get("config", {}).get("scale") != res["config"]["scale"]:
+        return None
+    return float(s["margin"])
