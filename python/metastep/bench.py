@@ -11,8 +11,9 @@ are pinned to one thread before they are imported):
   ``vmap`` of the forward mode for the batch;
 * PyTorch: autograd (reverse mode) through the unrolled loop.
 
-Our modes run with ``threads=1``, except the thread-scaling rows, which repeat the batched
-cases with every core. The roofline is measured on the spot: the GEMM rate (NumPy's BLAS, one
+The process is pinned to one core before any peer loads (thread-count flags alone do not stop
+XLA from using every core); our modes run with ``threads=1``, except the thread-scaling rows,
+which repeat the batched cases with every core. The roofline is measured on the spot: the GEMM rate (NumPy's BLAS, one
 thread) and the matrix-vector bandwidth; the bound of a case is max(bytes of H streamed once
 per step / bandwidth, 4 d² m t flops / GEMM rate).
 """
@@ -37,6 +38,17 @@ __all__ = ["run_bench", "roofline", "format_table"]
 #: before those libraries load: ``metastep bench`` restarts itself with it when it is missing.
 ONE_THREAD_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                   "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"}
+
+
+def _pin_to_one_core() -> Optional[set]:
+    """Pin this process to one core (threads created from now on inherit it: JAX's and
+    PyTorch's pools included) and return the previous set, or None where the OS has no
+    affinity call. Thread-count flags alone do not stop XLA from using every core."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})
+    return set(cores)
 
 
 def _pin_peers_to_one_thread() -> bool:
@@ -179,6 +191,7 @@ def run_bench(quick: bool = False, out: Optional[str] = None, threads: Optional[
     rows use one thread.
     """
     blas_pinned = _pin_peers_to_one_thread()
+    all_cores = _pin_to_one_core()
     cases = [(100, 1000, 1), (1000, 1000, 1), (1000, 1000, 64)]
     sweep = (1000, 10000, (1000, 10**6))
     repeats = 7
@@ -206,9 +219,13 @@ def run_bench(quick: bool = False, out: Optional[str] = None, threads: Optional[
             row[f"metastep_{mode}_s"] = _median_time(
                 lambda mode=mode: api.metagrad(p, etas, t, mode=mode, threads=1), reps)
         if m > 1:
+            if all_cores is not None:
+                os.sched_setaffinity(0, all_cores)  # our worker threads are created per call: they get every core
             row["metastep_forward_threads"] = nthreads
             row["metastep_forward_mt_s"] = _median_time(
                 lambda: api.metagrad(p, etas, t, mode="forward", threads=nthreads), repeats)
+            if all_cores is not None:
+                os.sched_setaffinity(0, {min(all_cores)})
         H, w0 = np.ascontiguousarray(p.H), np.ascontiguousarray(p.w0)
         e0 = float(np.atleast_1d(etas)[0])
         reps_np = 1 if (d >= 1000 and m > 1) else repeats
@@ -242,9 +259,12 @@ def run_bench(quick: bool = False, out: Optional[str] = None, threads: Optional[
     if bar is not None:
         bar.update()
         bar.close()
+    if all_cores is not None:
+        os.sched_setaffinity(0, all_cores)
     result = {
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": os.cpu_count(), "threads_scaling_rows": nthreads},
+                    "cpus": os.cpu_count(), "threads_scaling_rows": nthreads,
+                    "pinned_to_one_core": all_cores is not None},
         "peers": _peer_versions(), "skipped": skipped, "numpy_blas_one_thread": blas_pinned,
         "roofline": roof, "rows": rows, "exact_sweep": sweep_rows, "quick": quick,
     }
@@ -258,8 +278,9 @@ def format_table(result: Dict[str, Any]) -> str:
     """The benchmark as text: times (ms) and ratios (ours / peer: below 1 means metastep is faster)."""
     roof = result["roofline"]
     blas = "1 thread" if result.get("numpy_blas_one_thread") else "NumPy's default threads"
+    pinned = " (process pinned to one core)" if result["machine"].get("pinned_to_one_core") else ""
     lines = [f"roofline here: GEMM {roof['gemm_gflops']:.1f} GFLOP/s ({blas}), matrix-vector "
-             f"{roof['gemv_gbps']:.1f} GB/s; every timing on one thread unless marked"]
+             f"{roof['gemv_gbps']:.1f} GB/s; every timing on one thread{pinned} unless marked"]
     for name, why in result.get("skipped", {}).items():
         lines.append(f"  {name}: skipped — {why}")
 
