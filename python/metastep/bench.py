@@ -191,13 +191,13 @@ def run_bench(quick: bool = False, out: Optional[str] = None, threads: Optional[
     rows use one thread.
     """
     blas_pinned = _pin_peers_to_one_thread()
+    nthreads = api.default_threads() if threads is None else threads  # before pinning
     all_cores = _pin_to_one_core()
     cases = [(100, 1000, 1), (1000, 1000, 1), (1000, 1000, 64)]
     sweep = (1000, 10000, (1000, 10**6))
     repeats = 7
     if quick:
         cases, repeats, sweep = [(50, 100, 1), (100, 100, 8)], 3, (100, 500, (100,))
-    nthreads = api.default_threads() if threads is None else threads
     roof = roofline(300 if quick else 1000, repeats=3 if quick else 5)
     rows: List[Dict[str, Any]] = []
     skipped: Dict[str, str] = {}
