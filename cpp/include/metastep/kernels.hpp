@@ -183,7 +183,7 @@ class DenseOp {
     const Index npanels = last_packets_ > 0 && full_panels_ > 0 ? full_panels_ - 1 : full_panels_;
     for (Index p = 0; p <= npanels; ++p) {
       const bool final_group = p == npanels;
-      if (final_group && last_packets_ == 0 && p == full_panels_) break;
+      if (p == full_panels_ && last_packets_ == 0) break;
       for (Index c = 0; c < n; c += KC) {
         const Index kc = std::min<Index>(KC, n - c);
         const S* xg = xp.data() + c * cols_;
@@ -236,25 +236,10 @@ class DenseOp {
 
   template <int K>
   void run(const S* xp, S* const* out) const {
-    constexpr Index PR = detail::kPanelPackets * detail::packet_size<S>;
-    constexpr int RBF = detail::kPanelPackets;
-    const Index pstride = PR * cols_;
-    const S* A = data_.data();
-    const S* AX = A + full_panels_ * pstride;  // the narrow last panel
-    const Index rowx = full_panels_ * PR;
-    const Index last_full = last_packets_ > 0 && full_panels_ > 0 ? full_panels_ - 1 : full_panels_;
-    for (Index p = 0; p < last_full; ++p)
-      detail::tile<S, 1, RBF, 0, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
-    if (last_packets_ == 0) return;
-    const Index p = last_full;
-    if (full_panels_ > 0) {
-      if (last_packets_ == 1)
-        detail::tile<S, 1, RBF, 1, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
-      else
-        detail::tile<S, 1, RBF, 2, K>(A + p * pstride, pstride, AX, cols_, xp, out, p * PR, PR, rowx, rows_);
-    } else {
-      if (last_packets_ == 1) detail::tile<S, 0, RBF, 1, K>(A, pstride, AX, cols_, xp, out, 0, PR, rowx, rows_);
-      else detail::tile<S, 0, RBF, 2, K>(A, pstride, AX, cols_, xp, out, 0, PR, rowx, rows_);
+    const Index npanels = last_packets_ > 0 && full_panels_ > 0 ? full_panels_ - 1 : full_panels_;
+    for (Index p = 0; p <= npanels; ++p) {
+      if (p == full_panels_ && last_packets_ == 0) break;
+      panel<K>(p, p == npanels, xp, out);
     }
   }
 
