@@ -291,7 +291,10 @@ def test_cell_that_kills_every_worker_fails_clearly(tmp_path):
     pytest.importorskip("distributed")
     grid = [{"x": x} for x in range(4)]
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        with pytest.raises(sweep.SweepError, match=r"cell 2 \(x=2\) was running on workers that died repeatedly"):
+        # Dask counts a death against every cell the dying worker held, so the cell named may be
+        # one that was queued next to the culprit (seen in CI): any cell, but a clear message
+        with pytest.raises(sweep.SweepError, match=r"cell [0-3] \(x=[0-3]\) was running on workers that died "
+                                                   r"repeatedly"):
             sweep.run_sweep(crashing_cell, grid, workers=2, cells_dir=str(tmp_path), progress=False)
     assert f"{sweep.cell_key(crashing_cell, grid[2])}.pkl" not in os.listdir(tmp_path)
 
@@ -308,7 +311,7 @@ def test_unreachable_scheduler_is_a_clear_error():
     t0 = time.monotonic()
     with pytest.raises(sweep.SweepError, match=r"cannot reach the Dask scheduler at 'tcp://127\.0\.0\.1:9'"):
         sweep.run_sweep(failing_cell, [{"x": 1}], scheduler="tcp://127.0.0.1:9", connect_timeout=1.0, progress=False)
-    assert time.monotonic() - t0 < 20
+    assert time.monotonic() - t0 < 60  # fails fast instead of hanging (generous for a loaded machine)
 
 
 def test_in_process_threads_give_the_same_results(tmp_path):
