@@ -8,8 +8,8 @@
 
 namespace metastep::bind {
 
-// Batched forward / scaled-forward on the GPU: H (d x d, C order, symmetric), w0, w*, step
-// sizes; results in the same form as the CPU modes.
+// Batched forward / scaled-forward on the GPU: H given as the C-order buffer of H^T (that is,
+// H column-major), w0, w*, step sizes; results in the same form as the CPU modes.
 template <class S>
 py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws, const F64Array& etas, Steps steps,
                       bool scaled, const std::string& objective) {
@@ -18,12 +18,11 @@ py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws,
   opt.objective = parse_objective(objective);
   opt.steps = steps;
   if (steps < 1) throw std::invalid_argument("steps must be at least 1");
-  if (H.ndim() != 2 || H.shape(0) != H.shape(1)) throw std::invalid_argument("H must be a square 2-D array");
+  if (H.ndim() != 2 || H.shape(0) != H.shape(1)) throw std::invalid_argument("H^T must be a square 2-D array");
   const Index d = H.shape(0);
   if (w0.ndim() != 1 || w0.shape(0) != d || ws.ndim() != 1 || ws.shape(0) != d)
     throw std::invalid_argument("w0 and w_star must have length d");
   if (etas.ndim() != 1 || etas.shape(0) < 1) throw std::invalid_argument("etas must be a non-empty 1-D array");
-  // H is symmetric: its C-order buffer is also its column-major layout
   std::vector<S> h(static_cast<size_t>(d * d)), a(static_cast<size_t>(d)), b(static_cast<size_t>(d));
   for (Index i = 0; i < d * d; ++i) h[static_cast<size_t>(i)] = S(H.data()[i]);
   for (Index i = 0; i < d; ++i) {

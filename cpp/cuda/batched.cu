@@ -266,18 +266,20 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
     *error = std::string("cudaMalloc: ") + cudaGetErrorString(err);
     return false;
   }
-  // initial state (host): w = 2^Ew w^, r = w^ - off w*, v = 0
-  bool has_offset = host_maxabs(wstar, d) > S(0);
-  S off0 = has_offset ? S(1) : S(0);
+  // initial state (host): w = 2^Ew w^, r = w^ - off w*, v = 0. The scaled mode, like the CPU
+  // engine, iterates on the residual e = w - w* itself (off = 0: nothing cancels near w*); the
+  // plain mode forms w - w* every step, as autodiff through the loop would.
+  const bool has_offset = host_maxabs(wstar, d) > S(0);
+  const S off0 = (has_offset && !scaled) ? S(1) : S(0);
+  std::vector<S> w(dd), in(dd * 2 * mm, S(0));
+  for (size_t i = 0; i < dd; ++i) w[i] = scaled ? w0[i] - wstar[i] : w0[i];
   int k0 = 0;
   if (scaled) {
-    S mw = host_maxabs(w0, d);
-    if (off0 > mw) mw = off0;
+    const S mw = host_maxabs(w.data(), d);
     if (mw > S(0) && std::isfinite(mw)) std::frexp(mw, &k0);
   }
-  std::vector<S> w(dd), in(dd * 2 * mm, S(0));
   const S off = std::ldexp(off0, -k0);
-  for (size_t i = 0; i < dd; ++i) w[i] = std::ldexp(w0[i], -k0);
+  for (size_t i = 0; i < dd; ++i) w[i] = std::ldexp(w[i], -k0);
   std::vector<S> W(dd * mm);
   for (size_t j = 0; j < mm; ++j)
     for (size_t i = 0; i < dd; ++i) {

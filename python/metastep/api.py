@@ -162,10 +162,9 @@ def _metagrad_cuda(problem: Problem, eta: Any, t: int, sched: Any, objective: st
         raise RuntimeError(f"device='cuda' unavailable: {why}")
     etas, scalar = step_sizes(eta)
     check_range(etas, "eta", dtype)
-    H = np.ascontiguousarray(problem.H, dtype=np.float64)
-    if not np.array_equal(H, H.T):
-        H = np.ascontiguousarray(0.5 * (H + H.T))  # within the validated tolerance; the kernels read columns
-    out = getattr(_core, f"cuda_forward_{dtype}")(H, np.ascontiguousarray(problem.w0, dtype=np.float64),
+    # the kernels read H column-major: the C-order buffer of H^T is exactly that layout
+    Ht = np.ascontiguousarray(np.asarray(problem.H, dtype=np.float64).T)
+    out = getattr(_core, f"cuda_forward_{dtype}")(Ht, np.ascontiguousarray(problem.w0, dtype=np.float64),
                                                   np.ascontiguousarray(problem.w_star, dtype=np.float64),
                                                   np.ascontiguousarray(etas, dtype=np.float64), t,
                                                   mode != "forward", objective)

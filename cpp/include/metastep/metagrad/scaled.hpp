@@ -24,8 +24,8 @@ namespace detail {
 
 // Scale x (and the constant-term factor *off, if given) by 2^-k so that its largest
 // magnitude lies in [1/2, 1); returns k. Zero or non-finite vectors are left alone (0).
-template <class S>
-std::int64_t renormalize(Vec<S>& x, S* off) {
+template <class Derived, class S = typename Derived::Scalar>
+std::int64_t renormalize(Eigen::MatrixBase<Derived>& x, S* off) {
   S m = maxabs(x);
   if (off && sm::abs(*off) > m) m = sm::abs(*off);
   if (!(m > S(0)) || !sm::isfinite(m)) return 0;
@@ -147,8 +147,8 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
 // each column carrying its own exponents Ew, Ev, with the operations of scaled_forward for one
 // step size — except that the state is the residual e = w - w* itself: GD on a quadratic is
 // linear in e (e' = (I - eta H) e, grad f = H e), so nothing cancels as w approaches a non-zero
-// w* (e_0 = w_0 - w* is rounded once), and the constant term vanishes (off = 0). The
-// diagnostics' "iterate" range is then that of w - w*.
+// w* (e_0 = w_0 - w* is rounded once), there is no constant term, and e is directly the
+// product's input. The diagnostics' "iterate" range is then that of w - w*.
 template <class S>
 std::vector<Outcome> scaled_forward_batch(const Quadratic<S>& p, const S* etas, Index m, const MetaOptions& opt) {
   static_assert(kernels::simd_scalar<S>, "the batched engine serves float and double");
@@ -158,28 +158,19 @@ std::vector<Outcome> scaled_forward_batch(const Quadratic<S>& p, const S* etas, 
   constexpr Index align = 64 / sizeof(S);
   const Steps t = opt.steps;
   const Index d = p.dim(), ld = (d + align - 1) / align * align;
-  const Vec<S>& wstar = p.w_star();
   const size_t mu = static_cast<size_t>(m);
-  kernels::ColMat<S> Wm(ld, m), IN(ld, 2 * m), OUT(ld, 2 * m);
-  Wm.setZero();
+  // IN = [E | V]: the residuals e_j (the state itself, the product's input) and the tangents
+  kernels::ColMat<S> IN(ld, 2 * m), OUT(ld, 2 * m);
   IN.setZero();
   OUT.setZero();
   std::vector<Diagnostics> diag(mu);
   std::vector<std::int64_t> Ew(mu), Ev(mu);
-  std::vector<S> off(mu), verr2(mu, S(0));
-  Vec<S> tmp(d);
+  std::vector<S> verr2(mu, S(0));
   for (Index j = 0; j < m; ++j) {
-    const size_t u = static_cast<size_t>(j);
-    tmp = p.w0() - wstar;
-    off[u] = S(0);
-    Ew[u] = renormalize(tmp, static_cast<S*>(nullptr));
-    Ev[u] = Ew[u];
-    Col(Wm.col(j).data(), d) = tmp;
+    Col e(IN.col(j).data(), d);
+    e = p.w0() - p.w_star();
+    Ew[static_cast<size_t>(j)] = Ev[static_cast<size_t>(j)] = renormalize(e, static_cast<S*>(nullptr));
   }
-  auto residual = [&](Index j) {
-    Col(IN.col(j).data(), d) = Col(Wm.col(j).data(), d) - off[static_cast<size_t>(j)] * wstar;
-  };
-  for (Index j = 0; j < m; ++j) residual(j);
   Workspace<S> ws;
   for (Steps tau = 0; tau < t; ++tau) {
     p.op().apply_many(IN.data(), ld, 2 * m, OUT.data(), ld);
@@ -187,37 +178,30 @@ std::vector<Outcome> scaled_forward_batch(const Quadratic<S>& p, const S* etas, 
     for (Index j = 0; j < m; ++j) {
       const size_t u = static_cast<size_t>(j);
       Diagnostics& dg = diag[u];
-      Col w(Wm.col(j).data(), d), r(IN.col(j).data(), d), v(IN.col(m + j).data(), d), g(OUT.col(j).data(), d),
-          hv(OUT.col(m + j).data(), d);
-      ws.r = r;
-      p.note(ws, off[u]);
-      const S f = S(0.5) * ws.r.dot(g);
-      const S wmax = maxabs(w), vmax = maxabs(v);
+      Col e(IN.col(j).data(), d), v(IN.col(m + j).data(), d), g(OUT.col(j).data(), d), hv(OUT.col(m + j).data(), d);
+      const S emax = maxabs(e), vmax = maxabs(v);
+      p.note_stats(ws, emax, e.norm(), S(0));
+      const S f = S(0.5) * e.dot(g);
       dg.loss.add_log2(log2_mag(2 * Ew[u], f));
-      dg.iterate.add_log2(log2_mag(Ew[u], wmax));
+      dg.iterate.add_log2(log2_mag(Ew[u], emax));
       dg.tangent.add_log2(log2_mag(Ev[u], vmax));
       if (!sm::isfinite(f)) dg.fail(Quantity::loss, "non-finite", tau);
       if (ws.cancellation) dg.fail(Quantity::loss, "cancellation", tau);
-      const S e = etas[j];
+      const S eta = etas[j];
       if (vmax == S(0)) Ev[u] = Ew[u];
       const S rel = pow2<S>(Ew[u] - Ev[u]);
       const S vold2 = v.squaredNorm();
-      w -= e * g;
-      v -= rel * g + e * hv;
+      e -= eta * g;
+      v -= rel * g + eta * hv;
       const S vnew2 = v.squaredNorm();
       verr2[u] = (vold2 > S(0) ? verr2[u] * (vnew2 / vold2) : S(0)) +
                  ws.grad_err * ws.grad_err * rel * rel * S(d) + sm::epsilon<S>() * sm::epsilon<S>() * vnew2;
-      tmp = w;
-      Ew[u] += renormalize(tmp, static_cast<S*>(nullptr));
-      w = tmp;
-      tmp = v;
-      const std::int64_t kv = renormalize(tmp, static_cast<S*>(nullptr));
-      v = tmp;
+      Ew[u] += renormalize(e, static_cast<S*>(nullptr));
+      const std::int64_t kv = renormalize(v, static_cast<S*>(nullptr));
       Ev[u] += kv;
       verr2[u] = sm::ldexp(verr2[u], static_cast<int>(-2 * kv));
-      if (!sm::isfinite(maxabs(w))) dg.fail(Quantity::iterate, "non-finite", tau + 1);
+      if (!sm::isfinite(maxabs(e))) dg.fail(Quantity::iterate, "non-finite", tau + 1);
       if (!sm::isfinite(maxabs(v))) dg.fail(Quantity::tangent, "non-finite", tau + 1);
-      residual(j);
     }
   }
   p.op().apply_many(IN.data(), ld, m, OUT.data(), ld);
@@ -225,12 +209,12 @@ std::vector<Outcome> scaled_forward_batch(const Quadratic<S>& p, const S* etas, 
   for (Index j = 0; j < m; ++j) {
     const size_t u = static_cast<size_t>(j);
     Diagnostics& dg = diag[u];
-    Col w(Wm.col(j).data(), d), r(IN.col(j).data(), d), v(IN.col(m + j).data(), d), gM(OUT.col(j).data(), d);
-    dg.iterate.add_log2(log2_mag(Ew[u], maxabs(w)));
+    Col e(IN.col(j).data(), d), v(IN.col(m + j).data(), d), gM(OUT.col(j).data(), d);
+    const S emax = maxabs(e);
+    dg.iterate.add_log2(log2_mag(Ew[u], emax));
     dg.tangent.add_log2(log2_mag(Ev[u], maxabs(v)));
-    ws.r = r;
-    p.note(ws, off[u]);
-    const S Mh = S(0.5) * ws.r.dot(gM);
+    p.note_stats(ws, emax, e.norm(), S(0));
+    const S Mh = S(0.5) * e.dot(gM);
     if (ws.cancellation) dg.fail(Quantity::meta_loss, "cancellation", t);
     if (!sm::isfinite(Mh)) dg.fail(Quantity::meta_loss, "non-finite", t);
     const S q = gM.dot(v);
