@@ -1,6 +1,7 @@
 """The CUDA path: it compiles wherever nvcc is (the development machines), the extension
 imports without a GPU and says why it cannot run, and where a GPU is present its batched
 forward and scaled modes agree with the CPU."""
+import functools
 import os
 import shutil
 import subprocess
@@ -80,3 +81,34 @@ def test_cuda_scaled_far_outside_range_and_plain_failure():
     assert plain.status.startswith("non-finite: ")
     assert plain.status == ms.metagrad(q, 2.5, 1000, mode="forward").status.split(" at ")[0] + " at " + \
         plain.status.split(" at ")[1]
+
+
+@pytest.mark.skipif(not HAVE_GPU, reason="no CUDA device")
+@pytest.mark.parametrize("gemm", [1, 2, 3])
+@pytest.mark.parametrize("graph", [False, True])
+def test_cuda_every_kernel_matches_cpu(monkeypatch, gemm, graph):
+    """Each product kernel (simple tiles, register-blocked tiles, split-k skinny), with and without
+    graph replay, on shapes that are not multiples of the tiles, batches that take the skinny
+    kernel (1-8 step sizes), the wide one (37) and the 9-16 case (skinny only for the final
+    product's width), a non-zero minimiser, and t not a multiple of the graph chunk."""
+    for dtype, rtol in (("float64", 1e-11), ("float32", 2e-3)):
+        orig = getattr(_core, f"cuda_forward_{dtype}")
+        monkeypatch.setattr(_core, f"cuda_forward_{dtype}", functools.partial(orig, gemm=gemm, graph=graph))
+        for d, m, seed in ((1, 1, 0), (5, 3, 1), (130, 1, 2), (200, 8, 3), (257, 12, 4), (150, 37, 5)):
+            q = ms.random_quadratic(d, seed=seed)
+            q = ms.Quadratic(q.H, q.w0, w_star=np.linspace(-1.0, 1.0, d))
+            etas = np.linspace(0.05, 1.95, m) / q.L
+            for mode in ("forward", "scaled"):
+                gpu = ms.metagrad(q, etas, 203, mode=mode, dtype=dtype, objective="log", device="cuda")
+                cpu = ms.metagrad(q, etas, 203, mode=mode, dtype=dtype, objective="log")
+                np.testing.assert_allclose(gpu.grad, cpu.grad, rtol=rtol, err_msg=f"{dtype} d={d} m={m} {mode}")
+                np.testing.assert_allclose(gpu.value, cpu.value, rtol=rtol, err_msg=f"{dtype} d={d} m={m} {mode}")
+        monkeypatch.undo()
+
+
+@pytest.mark.skipif(not _core.cuda_compiled, reason="CUDA path not compiled")
+def test_cuda_kernel_choice_is_checked():
+    q = ms.random_quadratic(4, seed=0)
+    H = np.ascontiguousarray(q.H.T)
+    with pytest.raises(ValueError, match="gemm"):
+        _core.cuda_forward_float64(H, q.w0, q.w_star, np.array([0.1]), 10, False, "final", gemm=7)

@@ -12,8 +12,9 @@ namespace metastep::bind {
 // H column-major), w0, w*, step sizes; results in the same form as the CPU modes.
 template <class S>
 py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws, const F64Array& etas, Steps steps,
-                      bool scaled, const std::string& objective) {
+                      bool scaled, const std::string& objective, int gemm, bool graph) {
 #ifdef METASTEP_HAVE_CUDA
+  if (gemm < 0 || gemm > 3) throw std::invalid_argument("gemm must be 0 (by shape), 1, 2 or 3");
   MetaOptions opt;
   opt.objective = parse_objective(objective);
   opt.steps = steps;
@@ -36,7 +37,7 @@ py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws,
   {
     py::gil_scoped_release release;
     ok = metastep::cuda::forward_batch<S>(h.data(), a.data(), b.data(), static_cast<int>(d), etas.data(), m, steps,
-                                          scaled, res.data(), &error);
+                                          scaled, res.data(), &error, gemm, graph);
   }
   if (!ok) throw std::runtime_error("CUDA: " + error);
   static const Quantity quantities[] = {Quantity::loss,      Quantity::loss,     Quantity::iterate,
@@ -62,7 +63,7 @@ py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws,
   }
   return outcomes_dict(outs);
 #else
-  (void)H, (void)w0, (void)ws, (void)etas, (void)steps, (void)scaled, (void)objective;
+  (void)H, (void)w0, (void)ws, (void)etas, (void)steps, (void)scaled, (void)objective, (void)gemm, (void)graph;
   throw std::runtime_error("the CUDA path is not compiled in this build (install with a CUDA compiler on PATH, "
                            "or METASTEP_CUDA=ON)");
 #endif
@@ -120,10 +121,10 @@ PYBIND11_MODULE(_core, m) {
 #endif
   m.def("cuda_forward_float32", &metastep::bind::cuda_forward<float>, py::arg("H").noconvert(),
         py::arg("w0").noconvert(), py::arg("w_star").noconvert(), py::arg("etas").noconvert(), py::arg("steps"),
-        py::arg("scaled"), py::arg("objective"));
+        py::arg("scaled"), py::arg("objective"), py::arg("gemm") = 0, py::arg("graph") = true);
   m.def("cuda_forward_float64", &metastep::bind::cuda_forward<double>, py::arg("H").noconvert(),
         py::arg("w0").noconvert(), py::arg("w_star").noconvert(), py::arg("etas").noconvert(), py::arg("steps"),
-        py::arg("scaled"), py::arg("objective"));
+        py::arg("scaled"), py::arg("objective"), py::arg("gemm") = 0, py::arg("graph") = true);
   m.attr("longdouble_mantissa_bits") = std::numeric_limits<long double>::digits;
   m.def(
       "sgd_batches",

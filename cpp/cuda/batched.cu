@@ -49,6 +49,103 @@ __global__ void gemm_kernel(const S* __restrict__ A, const S* __restrict__ B, S*
   if (row < d && col < n) C[row + static_cast<size_t>(col) * d] = acc;
 }
 
+// Register-blocked product for wide batches: a 64 x 64 tile of C per block of 256 threads, each
+// thread 4 x 4 outputs (rows tr + 16 i, columns tc + 16 j), k in slices of 16 through shared
+// memory. Every output is one FMA chain over k ascending (deterministic).
+constexpr int kBM = 64, kBN = 64, kBK = 16;
+template <class S>
+__global__ void __launch_bounds__(256) gemm_tiled_kernel(const S* __restrict__ A, const S* __restrict__ B,
+                                                         S* __restrict__ C, int d, int n) {
+  __shared__ S As[kBK][kBM];
+  __shared__ S Bs[kBK][kBN + 1];
+  const int tid = threadIdx.x, tr = tid & 15, tc = tid >> 4;
+  const int row0 = blockIdx.x * kBM, col0 = blockIdx.y * kBN;
+  S acc[4][4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) acc[i][j] = S(0);
+  for (int k0 = 0; k0 < d; k0 += kBK) {
+#pragma unroll
+    for (int l = 0; l < 4; ++l) {
+      const int idx = tid + 256 * l;
+      const int r = idx & (kBM - 1), k = idx / kBM;  // consecutive threads: consecutive rows of A
+      const int gr = row0 + r, gk = k0 + k;
+      As[k][r] = (gr < d && gk < d) ? A[gr + static_cast<size_t>(gk) * d] : S(0);
+      const int kb = idx & (kBK - 1), c = idx / kBK;  // consecutive threads: consecutive k of B
+      const int gkb = k0 + kb, gc = col0 + c;
+      Bs[kb][c] = (gkb < d && gc < n) ? B[gkb + static_cast<size_t>(gc) * d] : S(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kBK; ++k) {
+      S a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = As[k][tr + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) b[j] = Bs[k][tc + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = dev_fma(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const int gc = col0 + tc + 16 * j;
+    if (gc >= n) continue;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int gr = row0 + tr + 16 * i;
+      if (gr < d) C[gr + static_cast<size_t>(gc) * d] = acc[i][j];
+    }
+  }
+}
+
+// Skinny product (n <= 16 columns: a few step sizes), split over k so that small d still fills
+// the GPU: block (x, y) computes rows x*128 .. x*128+127 over k in [y*kKC, (y+1)*kKC), one row
+// per thread, reading A down its columns (coalesced) and the slice of B from shared memory
+// (broadcast). Partial sums P[y][c][row] are added in slice order by skinny_reduce_kernel.
+constexpr int kSkinnyRows = 128, kKC = 64, kSkinnyMax = 16;
+template <class S, int NC>
+__global__ void __launch_bounds__(kSkinnyRows) gemm_skinny_kernel(const S* __restrict__ A, const S* __restrict__ B,
+                                                                  S* __restrict__ P, int d, int n) {
+  __shared__ S Bs[NC][kKC];
+  const int row = blockIdx.x * kSkinnyRows + threadIdx.x;
+  const int k0 = blockIdx.y * kKC;
+  for (int idx = threadIdx.x; idx < NC * kKC; idx += kSkinnyRows) {
+    const int c = idx / kKC, k = idx - c * kKC;
+    Bs[c][k] = (c < n && k0 + k < d) ? B[(k0 + k) + static_cast<size_t>(c) * d] : S(0);
+  }
+  __syncthreads();
+  if (row >= d) return;
+  S acc[NC];
+#pragma unroll
+  for (int c = 0; c < NC; ++c) acc[c] = S(0);
+  const int kn = (d - k0 < kKC) ? d - k0 : kKC;
+  const S* a = A + row + static_cast<size_t>(k0) * d;
+  for (int k = 0; k < kn; ++k) {
+    const S x = a[static_cast<size_t>(k) * d];
+#pragma unroll
+    for (int c = 0; c < NC; ++c) acc[c] = dev_fma(x, Bs[c][k], acc[c]);
+  }
+  S* p = P + static_cast<size_t>(blockIdx.y) * n * d + row;
+#pragma unroll
+  for (int c = 0; c < NC; ++c)
+    if (c < n) p[static_cast<size_t>(c) * d] = acc[c];
+}
+
+template <class S>
+__global__ void skinny_reduce_kernel(const S* __restrict__ P, S* __restrict__ C, int d, int n, int slices) {
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const size_t len = static_cast<size_t>(n) * d;
+  if (i >= len) return;
+  S s = P[i];
+  for (int y = 1; y < slices; ++y) s += P[static_cast<size_t>(y) * len + i];
+  C[i] = s;
+}
+
 template <class S>
 __device__ S block_sum(S x, S* shared) {
   for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
@@ -82,6 +179,8 @@ struct ColumnState {
   std::int64_t Ew, Ev;
   int fail_quantity;
   std::int64_t fail_step;
+  std::int64_t step;  // inner steps taken (kept on the device, so that a captured graph of
+                      // steps can be replayed unchanged)
 };
 
 template <class S>
@@ -96,7 +195,7 @@ __device__ void fail(ColumnState& st, int q, std::int64_t step) {
 // HV = OUT[:, m + j].
 template <class S>
 __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const double* etas, S* off, ColumnState* cs,
-                            int d, int m, std::int64_t tau, bool scaled) {
+                            int d, int m, bool scaled) {
   __shared__ S red[kThreads / 32];
   __shared__ S bc[4];
   const int j = blockIdx.x;
@@ -107,6 +206,7 @@ __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const dou
   const S* hv = OUT + static_cast<size_t>(m + j) * d;
   const S e = static_cast<S>(etas[j]);
   ColumnState& st = cs[j];
+  const std::int64_t tau = st.step;  // read by every thread before thread 0 advances it below
   S f = 0, vm = 0;
   for (int i = threadIdx.x; i < d; i += kThreads) {
     f = dev_fma(r[i], g[i], f);
@@ -150,6 +250,7 @@ __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const dou
     }
     if (!isfinite(wm)) fail<S>(st, 2, tau + 1);
     if (!isfinite(vm)) fail<S>(st, 3, tau + 1);
+    st.step = tau + 1;
     bc[1] = dev_ldexp(S(1), -kw);
     bc[2] = dev_ldexp(S(1), -kv);
     bc[3] = off[j];
@@ -209,6 +310,22 @@ S host_maxabs(const S* x, int n) {
   return m;
 }
 
+struct Stream {
+  cudaStream_t s = nullptr;
+  ~Stream() {
+    if (s) cudaStreamDestroy(s);
+  }
+};
+
+struct Graph {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  ~Graph() {
+    if (exec) cudaGraphExecDestroy(exec);
+    if (graph) cudaGraphDestroy(graph);
+  }
+};
+
 struct Buffers {
   std::vector<void*> ptrs;
   ~Buffers() {
@@ -238,7 +355,7 @@ int device_count(std::string* why) {
 
 template <class S>
 bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double* etas, int m, std::int64_t t,
-                   bool scaled, ColumnResult* out, std::string* error) {
+                   bool scaled, ColumnResult* out, std::string* error, int gemm, bool use_graph) {
   cudaError_t err = cudaSuccess;
   auto check = [&](cudaError_t e, const char* what) {
     if (e != cudaSuccess && err == cudaSuccess) {
@@ -262,6 +379,10 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
   double* detas = err == cudaSuccess ? buf.alloc<double>(mm, &err) : nullptr;
   ColumnState* dcs = err == cudaSuccess ? buf.alloc<ColumnState>(mm, &err) : nullptr;
   ColumnResult* dres = err == cudaSuccess ? buf.alloc<ColumnResult>(mm, &err) : nullptr;
+  const int slices = (d + kKC - 1) / kKC;
+  S* dP = (err == cudaSuccess && 2 * m <= kSkinnyMax && gemm != 1 && gemm != 2)
+              ? buf.alloc<S>(static_cast<size_t>(slices) * dd * 2 * mm, &err)
+              : nullptr;
   if (err != cudaSuccess) {
     *error = std::string("cudaMalloc: ") + cudaGetErrorString(err);
     return false;
@@ -287,34 +408,86 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
       in[j * dd + i] = w[i] - off * wstar[i];
     }
   std::vector<S> offs(mm, off);
-  std::vector<ColumnState> cs(mm, ColumnState{k0, k0, 0, -1});
-  check(cudaMemcpy(dH, H, dd * dd * sizeof(S), cudaMemcpyHostToDevice), "copy H");
-  check(cudaMemcpy(dW, W.data(), dd * mm * sizeof(S), cudaMemcpyHostToDevice), "copy W");
-  check(cudaMemcpy(dIN, in.data(), dd * 2 * mm * sizeof(S), cudaMemcpyHostToDevice), "copy IN");
-  check(cudaMemcpy(dws, wstar, dd * sizeof(S), cudaMemcpyHostToDevice), "copy w*");
-  check(cudaMemcpy(doff, offs.data(), mm * sizeof(S), cudaMemcpyHostToDevice), "copy off");
-  check(cudaMemcpy(detas, etas, mm * sizeof(double), cudaMemcpyHostToDevice), "copy etas");
-  check(cudaMemcpy(dcs, cs.data(), mm * sizeof(ColumnState), cudaMemcpyHostToDevice), "copy state");
+  std::vector<ColumnState> cs(mm, ColumnState{k0, k0, 0, -1, 0});
+  // every copy and kernel goes in order on one stream of our own (no implicit synchronisation
+  // with other streams: the copies are ordered before the first product by the stream itself)
+  Stream stream;
+  if (!check(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking), "stream")) return false;
+  check(cudaMemcpyAsync(dH, H, dd * dd * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy H");
+  check(cudaMemcpyAsync(dW, W.data(), dd * mm * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy W");
+  check(cudaMemcpyAsync(dIN, in.data(), dd * 2 * mm * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy IN");
+  check(cudaMemcpyAsync(dws, wstar, dd * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy w*");
+  check(cudaMemcpyAsync(doff, offs.data(), mm * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy off");
+  check(cudaMemcpyAsync(detas, etas, mm * sizeof(double), cudaMemcpyHostToDevice, stream.s), "copy etas");
+  check(cudaMemcpyAsync(dcs, cs.data(), mm * sizeof(ColumnState), cudaMemcpyHostToDevice, stream.s), "copy state");
   if (err != cudaSuccess) return false;
-  const dim3 tb(kTile, kTile);
-  const dim3 grid2((d + kTile - 1) / kTile, (2 * m + kTile - 1) / kTile);
-  const dim3 grid1((d + kTile - 1) / kTile, (m + kTile - 1) / kTile);
-  for (std::int64_t tau = 0; tau < t; ++tau) {
-    gemm_kernel<S><<<grid2, tb>>>(dH, dIN, dOUT, d, 2 * m);
-    step_kernel<S><<<m, kThreads>>>(dW, dIN, dOUT, dws, detas, doff, dcs, d, m, tau, scaled);
-    if ((tau & 255) == 0 && !check(cudaGetLastError(), "kernel launch")) return false;
+  // The product H [R | V] (n = 2m columns per step, m for the final one): kernel 1 the simple
+  // 16 x 16 tiles, 2 the register-blocked tiles, 3 the split-k skinny kernel (n <= 16); 0 picks.
+  auto product = [&](cudaStream_t s, int n) {
+    int which = gemm;
+    if (which == 0) which = n <= kSkinnyMax ? 3 : 2;
+    if (which == 3 && (n > kSkinnyMax || dP == nullptr)) which = 2;
+    if (which == 1) {
+      const dim3 tb(kTile, kTile), grid((d + kTile - 1) / kTile, (n + kTile - 1) / kTile);
+      gemm_kernel<S><<<grid, tb, 0, s>>>(dH, dIN, dOUT, d, n);
+    } else if (which == 2) {
+      const dim3 grid((d + kBM - 1) / kBM, (n + kBN - 1) / kBN);
+      gemm_tiled_kernel<S><<<grid, 256, 0, s>>>(dH, dIN, dOUT, d, n);
+    } else {
+      const dim3 grid((d + kSkinnyRows - 1) / kSkinnyRows, slices);
+      if (n <= 2)
+        gemm_skinny_kernel<S, 2><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, dP, d, n);
+      else if (n <= 4)
+        gemm_skinny_kernel<S, 4><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, dP, d, n);
+      else if (n <= 8)
+        gemm_skinny_kernel<S, 8><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, dP, d, n);
+      else
+        gemm_skinny_kernel<S, 16><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, dP, d, n);
+      const size_t len = static_cast<size_t>(n) * dd;
+      skinny_reduce_kernel<S><<<static_cast<unsigned>((len + 255) / 256), 256, 0, s>>>(dP, dOUT, d, n, slices);
+    }
+  };
+  auto one_step = [&](cudaStream_t s) {
+    product(s, 2 * m);
+    step_kernel<S><<<m, kThreads, 0, s>>>(dW, dIN, dOUT, dws, detas, doff, dcs, d, m, scaled);
+  };
+  // Launch overhead dominates small problems: the steps go in chunks of kChunk captured once as
+  // a CUDA graph and replayed (each step reads its index from the device state, so every chunk
+  // is the same graph). Where capture is refused the steps are launched one by one.
+  constexpr std::int64_t kChunk = 32;
+  std::int64_t done = 0;
+  if (use_graph && t >= 2 * kChunk) {
+    Graph g;
+    bool captured = cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
+    if (captured) {
+      for (std::int64_t i = 0; i < kChunk; ++i) one_step(stream.s);
+      captured = cudaStreamEndCapture(stream.s, &g.graph) == cudaSuccess && g.graph != nullptr;
+    }
+    if (captured) captured = cudaGraphInstantiate(&g.exec, g.graph, 0) == cudaSuccess;
+    if (captured) {
+      for (; done + kChunk <= t; done += kChunk)
+        if (!check(cudaGraphLaunch(g.exec, stream.s), "graph launch")) return false;
+    } else {
+      (void)cudaGetLastError();  // capture refused: clear it and launch directly
+    }
   }
-  gemm_kernel<S><<<grid1, tb>>>(dH, dIN, dOUT, d, m);
-  final_kernel<S><<<m, kThreads>>>(dIN, dOUT, dcs, dres, d, m, t);
+  for (std::int64_t tau = done; tau < t; ++tau) {
+    one_step(stream.s);
+    if (((tau - done) & 255) == 0 && !check(cudaGetLastError(), "kernel launch")) return false;
+  }
+  product(stream.s, m);
+  final_kernel<S><<<m, kThreads, 0, stream.s>>>(dIN, dOUT, dcs, dres, d, m, t);
   check(cudaGetLastError(), "kernel launch");
-  check(cudaDeviceSynchronize(), "synchronize");
-  check(cudaMemcpy(out, dres, mm * sizeof(ColumnResult), cudaMemcpyDeviceToHost), "copy results");
+  check(cudaStreamSynchronize(stream.s), "synchronize");
+  if (err != cudaSuccess) return false;
+  check(cudaMemcpyAsync(out, dres, mm * sizeof(ColumnResult), cudaMemcpyDeviceToHost, stream.s), "copy results");
+  check(cudaStreamSynchronize(stream.s), "synchronize");
   return err == cudaSuccess;
 }
 
 template bool forward_batch<float>(const float*, const float*, const float*, int, const double*, int, std::int64_t,
-                                   bool, ColumnResult*, std::string*);
+                                   bool, ColumnResult*, std::string*, int, bool);
 template bool forward_batch<double>(const double*, const double*, const double*, int, const double*, int,
-                                    std::int64_t, bool, ColumnResult*, std::string*);
+                                    std::int64_t, bool, ColumnResult*, std::string*, int, bool);
 
 }  // namespace metastep::cuda

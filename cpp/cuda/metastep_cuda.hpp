@@ -24,9 +24,12 @@ struct ColumnResult {
 // H: d x d column-major; w0, wstar: length d; etas: m step sizes; t inner steps. With
 // scaled = true the iterate and tangent of every column are renormalised by powers of two
 // after each step (the range-safe mode); otherwise plain forward mode. Returns false and sets
-// *error on a CUDA failure.
+// *error on a CUDA failure. gemm picks the product kernel (0: by shape; 1: simple 16 x 16 tiles;
+// 2: register-blocked 64 x 64 tiles; 3: split-k skinny, for at most 8 step sizes) and use_graph
+// whether the steps are replayed as captured CUDA graphs; the defaults are the fast choices, the
+// others exist so that the tests can check every kernel against the CPU.
 template <class S>
 bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double* etas, int m, std::int64_t t,
-                   bool scaled, ColumnResult* out, std::string* error);
+                   bool scaled, ColumnResult* out, std::string* error, int gemm = 0, bool use_graph = true);
 
 }  // namespace metastep::cuda

@@ -335,12 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="metastep_bench.json", help="JSON output file")
     b.add_argument("--threads", type=int, default=None,
                    help="threads of the thread-scaling rows (default: all cores); every other row runs on one thread")
+    b.add_argument("--gpu", action="store_true",
+                   help="benchmark the CUDA path instead (against PyTorch-CUDA, JAX-CUDA and the cuBLAS product "
+                   "bound; needs a GPU)")
     b.set_defaults(func=cmd_bench)
     return p
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import ONE_THREAD_ENV, format_table, run_bench
+    from .bench import ONE_THREAD_ENV, format_gpu_table, format_table, run_bench, run_gpu_bench
+    if args.gpu:
+        ok, why = api.cuda_available()
+        if not ok:
+            print(f"metastep bench --gpu: {why}", file=sys.stderr)
+            return 2
+        out = args.out if args.out != "metastep_bench.json" else "metastep_gpu_bench.json"
+        print(format_gpu_table(run_gpu_bench(quick=args.quick, out=out,
+                                             progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))))
+        return 0
     if any(os.environ.get(k) != v for k, v in ONE_THREAD_ENV.items()):
         # NumPy's BLAS reads its thread count when it is loaded (already, here): run the
         # benchmark in a fresh interpreter with every peer pinned to one thread
