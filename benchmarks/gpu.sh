@@ -33,6 +33,7 @@ echo "== smoke: every kernel against the CPU"
 timeout 120 $py - <<'PY' 2>&1 | tee "$out/gpu_smoke.txt" || status=1
 import functools, numpy as np, metastep as ms
 from metastep import _core
+print("cuBLAS:", repr(ms.api.cublas_library()))
 worst = {}
 for dtype in ("float64", "float32"):
     orig = getattr(_core, f"cuda_forward_{dtype}")
@@ -41,9 +42,10 @@ for dtype in ("float64", "float32"):
         etas = np.linspace(0.05, 1.95, m) / q.L
         for mode in ("forward", "scaled"):
             cpu = np.atleast_1d(ms.metagrad(q, etas, 101, mode=mode, dtype=dtype, objective="log").grad)
-            for gemm in (0, 1, 2, 3):
+            for gemm in (0, 1, 2, 3, 4):
                 for graph in (False, True):
-                    setattr(_core, f"cuda_forward_{dtype}", functools.partial(orig, gemm=gemm, graph=graph))
+                    setattr(_core, f"cuda_forward_{dtype}",
+                            functools.partial(orig, gemm=gemm, graph=graph, cublas=ms.api.cublas_library()))
                     r = ms.metagrad(q, etas, 101, mode=mode, dtype=dtype, objective="log", device="cuda")
                     dev = float(np.max(np.abs(np.atleast_1d(r.grad) - cpu) / np.abs(cpu)))
                     key = (dtype, gemm, graph)
@@ -65,10 +67,10 @@ for dtype in ("float64", "float32"):
     fn = getattr(_core, f"cuda_forward_{dtype}")
     for d, m in ((1, 1), (130, 1), (257, 12), (150, 37)):
         q = ms.random_quadratic(d, seed=d)
-        for gemm in (1, 2, 3):
+        for gemm in (1, 2, 3, 4):
             for graph in (False, True):
-                fn(np.ascontiguousarray(q.H.T), q.w0, q.w_star, np.linspace(0.1, 1.9, m) / q.L, 70, True, "log",
-                   gemm=gemm, graph=graph)
+                fn(np.ascontiguousarray(q.H), q.w0, q.w_star, np.linspace(0.1, 1.9, m) / q.L, 70, True, "log",
+                   gemm=gemm, graph=graph, cublas=ms.api.cublas_library())
 print("memcheck run finished")
 PY
 fi

@@ -1,6 +1,8 @@
 // PYBIND11_MODULE(_core): version, build facts, and one registration per precision.
 #include <Eigen/Core>
 
+#include <algorithm>
+
 #include "common.hpp"
 #ifdef METASTEP_HAVE_CUDA
 #include "metastep_cuda.hpp"
@@ -8,24 +10,39 @@
 
 namespace metastep::bind {
 
-// Batched forward / scaled-forward on the GPU: H given as the C-order buffer of H^T (that is,
-// H column-major), w0, w*, step sizes; results in the same form as the CPU modes.
+// Batched forward / scaled-forward on the GPU: H (C order, used exactly as given, so the GPU
+// multiplies by the same matrix as the CPU even where H is symmetric only to a tolerance), w0,
+// w*, step sizes; results in the same form as the CPU modes, plus "cuda": how it ran.
 template <class S>
 py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws, const F64Array& etas, Steps steps,
-                      bool scaled, const std::string& objective, int gemm, bool graph) {
+                      bool scaled, const std::string& objective, int gemm, bool graph, const std::string& cublas) {
 #ifdef METASTEP_HAVE_CUDA
-  if (gemm < 0 || gemm > 3) throw std::invalid_argument("gemm must be 0 (by shape), 1, 2 or 3");
+  if (gemm < 0 || gemm > 4) throw std::invalid_argument("gemm must be 0 (automatic), 1, 2, 3 or 4 (cuBLAS)");
+  metastep::cuda::Options copt;
+  copt.gemm = gemm;
+  copt.graph = graph;
+  copt.cublas_path = cublas;
+  metastep::cuda::RunInfo info;
   MetaOptions opt;
   opt.objective = parse_objective(objective);
   opt.steps = steps;
   if (steps < 1) throw std::invalid_argument("steps must be at least 1");
-  if (H.ndim() != 2 || H.shape(0) != H.shape(1)) throw std::invalid_argument("H^T must be a square 2-D array");
+  if (H.ndim() != 2 || H.shape(0) != H.shape(1)) throw std::invalid_argument("H must be a square 2-D array");
   const Index d = H.shape(0);
   if (w0.ndim() != 1 || w0.shape(0) != d || ws.ndim() != 1 || ws.shape(0) != d)
     throw std::invalid_argument("w0 and w_star must have length d");
   if (etas.ndim() != 1 || etas.shape(0) < 1) throw std::invalid_argument("etas must be a non-empty 1-D array");
   std::vector<S> h(static_cast<size_t>(d * d)), a(static_cast<size_t>(d)), b(static_cast<size_t>(d));
-  for (Index i = 0; i < d * d; ++i) h[static_cast<size_t>(i)] = S(H.data()[i]);
+  {
+    // column-major copy of H (C order, row-major) in S, in 64 x 64 blocks (one pass, cache-friendly)
+    const double* src = H.data();
+    constexpr Index B = 64;
+    for (Index i0 = 0; i0 < d; i0 += B)
+      for (Index j0 = 0; j0 < d; j0 += B)
+        for (Index i = i0; i < std::min(d, i0 + B); ++i)
+          for (Index j = j0; j < std::min(d, j0 + B); ++j)
+            h[static_cast<size_t>(i + j * d)] = S(src[i * d + j]);
+  }
   for (Index i = 0; i < d; ++i) {
     a[static_cast<size_t>(i)] = S(w0.data()[i]);
     b[static_cast<size_t>(i)] = S(ws.data()[i]);
@@ -37,7 +54,7 @@ py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws,
   {
     py::gil_scoped_release release;
     ok = metastep::cuda::forward_batch<S>(h.data(), a.data(), b.data(), static_cast<int>(d), etas.data(), m, steps,
-                                          scaled, res.data(), &error, gemm, graph);
+                                          scaled, res.data(), &error, copt, &info);
   }
   if (!ok) throw std::runtime_error("CUDA: " + error);
   static const Quantity quantities[] = {Quantity::loss,      Quantity::loss,     Quantity::iterate,
@@ -61,9 +78,18 @@ py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws,
       o.grad = Num::of_log(r.log_dM - lt - r.log_M, r.sign_dM);
     }
   }
-  return outcomes_dict(outs);
+  py::dict result = outcomes_dict(outs);
+  static const char* kernels[] = {"auto", "simple tiles", "register-blocked tiles", "skinny split-k", "cuBLAS"};
+  py::dict run;
+  run["product"] = kernels[info.gemm];
+  run["k_slices"] = info.slices;
+  run["graph"] = info.graph;
+  run["cublas_note"] = info.cublas_note;
+  result["cuda"] = run;
+  return result;
 #else
-  (void)H, (void)w0, (void)ws, (void)etas, (void)steps, (void)scaled, (void)objective, (void)gemm, (void)graph;
+  (void)H, (void)w0, (void)ws, (void)etas, (void)steps, (void)scaled, (void)objective, (void)gemm, (void)graph,
+      (void)cublas;
   throw std::runtime_error("the CUDA path is not compiled in this build (install with a CUDA compiler on PATH, "
                            "or METASTEP_CUDA=ON)");
 #endif
@@ -121,10 +147,12 @@ PYBIND11_MODULE(_core, m) {
 #endif
   m.def("cuda_forward_float32", &metastep::bind::cuda_forward<float>, py::arg("H").noconvert(),
         py::arg("w0").noconvert(), py::arg("w_star").noconvert(), py::arg("etas").noconvert(), py::arg("steps"),
-        py::arg("scaled"), py::arg("objective"), py::arg("gemm") = 0, py::arg("graph") = true);
+        py::arg("scaled"), py::arg("objective"), py::arg("gemm") = 0, py::arg("graph") = true,
+        py::arg("cublas") = "");
   m.def("cuda_forward_float64", &metastep::bind::cuda_forward<double>, py::arg("H").noconvert(),
         py::arg("w0").noconvert(), py::arg("w_star").noconvert(), py::arg("etas").noconvert(), py::arg("steps"),
-        py::arg("scaled"), py::arg("objective"), py::arg("gemm") = 0, py::arg("graph") = true);
+        py::arg("scaled"), py::arg("objective"), py::arg("gemm") = 0, py::arg("graph") = true,
+        py::arg("cublas") = "");
   m.attr("longdouble_mantissa_bits") = std::numeric_limits<long double>::digits;
   m.def(
       "sgd_batches",

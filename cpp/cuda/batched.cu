@@ -7,7 +7,9 @@
 // does. The sums run in a different order than on the CPU: results agree to rounding, not
 // bit for bit.
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
@@ -55,7 +57,10 @@ __global__ void gemm_kernel(const S* __restrict__ A, const S* __restrict__ B, S*
 constexpr int kBM = 64, kBN = 64, kBK = 16;
 template <class S>
 __global__ void __launch_bounds__(256) gemm_tiled_kernel(const S* __restrict__ A, const S* __restrict__ B,
-                                                         S* __restrict__ C, int d, int n) {
+                                                         S* __restrict__ C, int d, int n, int kspan) {
+  // split over k (blockIdx.z): this block sums k in [z kspan, (z + 1) kspan) into slice z of C
+  const int kbeg = blockIdx.z * kspan, kend = (kbeg + kspan < d) ? kbeg + kspan : d;
+  C += static_cast<size_t>(blockIdx.z) * n * d;
   __shared__ S As[kBK][kBM];
   __shared__ S Bs[kBK][kBN + 1];
   const int tid = threadIdx.x, tr = tid & 15, tc = tid >> 4;
@@ -65,16 +70,16 @@ __global__ void __launch_bounds__(256) gemm_tiled_kernel(const S* __restrict__ A
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int j = 0; j < 4; ++j) acc[i][j] = S(0);
-  for (int k0 = 0; k0 < d; k0 += kBK) {
+  for (int k0 = kbeg; k0 < kend; k0 += kBK) {
 #pragma unroll
     for (int l = 0; l < 4; ++l) {
       const int idx = tid + 256 * l;
       const int r = idx & (kBM - 1), k = idx / kBM;  // consecutive threads: consecutive rows of A
       const int gr = row0 + r, gk = k0 + k;
-      As[k][r] = (gr < d && gk < d) ? A[gr + static_cast<size_t>(gk) * d] : S(0);
+      As[k][r] = (gr < d && gk < kend) ? A[gr + static_cast<size_t>(gk) * d] : S(0);
       const int kb = idx & (kBK - 1), c = idx / kBK;  // consecutive threads: consecutive k of B
       const int gkb = k0 + kb, gc = col0 + c;
-      Bs[kb][c] = (gkb < d && gc < n) ? B[gkb + static_cast<size_t>(gc) * d] : S(0);
+      Bs[kb][c] = (gkb < kend && gc < n) ? B[gkb + static_cast<size_t>(gc) * d] : S(0);
     }
     __syncthreads();
 #pragma unroll
@@ -146,33 +151,44 @@ __global__ void skinny_reduce_kernel(const S* __restrict__ P, S* __restrict__ C,
   C[i] = s;
 }
 
+// max that lets a NaN through from either side (a non-finite iterate must never be reduced away)
 template <class S>
-__device__ S block_sum(S x, S* shared) {
-  for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) shared[warp] = x;
-  __syncthreads();
-  S r = 0;
-  if (threadIdx.x == 0)
-    for (int w = 0; w < kThreads / 32; ++w) r += shared[w];
-  __syncthreads();
-  return r;  // valid in thread 0
+__device__ inline S nan_max(S a, S b) {
+  return (a != a) ? a : ((b <= a) ? a : b);
 }
 
-template <class S>
-__device__ S block_max(S x, S* shared) {  // of non-negative values; NaN wins
+template <int K, class S>
+__device__ inline S combine(S a, S b) {  // K = 0: sum, 1: NaN-propagating max
+  return K == 0 ? a + b : nan_max(a, b);
+}
+
+constexpr int kWarps = kThreads / 32;
+
+// Two block-wide reductions at once (one pair of barriers for both); results valid in thread 0.
+// The order of the sums is fixed (lanes by halving, then warps in order): deterministic.
+template <int KA, int KB, class S>
+__device__ void block_pair(S& a, S& b, S* shared /* 2 * kWarps */) {
   for (int o = 16; o > 0; o >>= 1) {
-    const S y = __shfl_down_sync(0xffffffffu, x, o);
-    x = (y <= x) ? x : y;
+    const S ya = __shfl_down_sync(0xffffffffu, a, o);
+    const S yb = __shfl_down_sync(0xffffffffu, b, o);
+    a = combine<KA>(a, ya);
+    b = combine<KB>(b, yb);
   }
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) shared[warp] = x;
+  if (lane == 0) {
+    shared[warp] = a;
+    shared[kWarps + warp] = b;
+  }
   __syncthreads();
-  S r = 0;
-  if (threadIdx.x == 0)
-    for (int w = 0; w < kThreads / 32; ++w) r = (shared[w] <= r) ? r : shared[w];
+  if (threadIdx.x == 0) {
+    a = shared[0];
+    b = shared[kWarps];
+    for (int w = 1; w < kWarps; ++w) {
+      a = combine<KA>(a, shared[w]);
+      b = combine<KB>(b, shared[kWarps + w]);
+    }
+  }
   __syncthreads();
-  return r;
 }
 
 struct ColumnState {
@@ -196,7 +212,7 @@ __device__ void fail(ColumnState& st, int q, std::int64_t step) {
 template <class S>
 __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const double* etas, S* off, ColumnState* cs,
                             int d, int m, bool scaled) {
-  __shared__ S red[kThreads / 32];
+  __shared__ S red[2 * kWarps];
   __shared__ S bc[4];
   const int j = blockIdx.x;
   S* w = W + static_cast<size_t>(j) * d;
@@ -210,11 +226,9 @@ __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const dou
   S f = 0, vm = 0;
   for (int i = threadIdx.x; i < d; i += kThreads) {
     f = dev_fma(r[i], g[i], f);
-    const S a = fabs(v[i]);
-    vm = (a <= vm) ? vm : a;
+    vm = nan_max(vm, S(fabs(v[i])));
   }
-  f = block_sum(f, red);
-  vm = block_max(vm, red);
+  block_pair<0, 1>(f, vm, red);
   if (threadIdx.x == 0) {
     if (!isfinite(f)) fail<S>(st, 1, tau);
     if (scaled && vm == S(0)) st.Ev = st.Ew;  // v = 0: give it w's scale
@@ -231,11 +245,10 @@ __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const dou
     const S vn = v[i] - (rel * g[i] + e * hv[i]);
     w[i] = wn;
     v[i] = vn;
-    wm = (fabs(wn) <= wm) ? wm : fabs(wn);
-    vm = (fabs(vn) <= vm) ? vm : fabs(vn);
+    wm = nan_max(wm, S(fabs(wn)));
+    vm = nan_max(vm, S(fabs(vn)));
   }
-  wm = block_max(wm, red);
-  vm = block_max(vm, red);
+  block_pair<1, 1>(wm, vm, red);
   if (threadIdx.x == 0) {
     int kw = 0, kv = 0;
     if (scaled) {
@@ -269,7 +282,7 @@ __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const dou
 template <class S>
 __global__ void final_kernel(const S* IN, const S* OUT, ColumnState* cs, ColumnResult* res, int d, int m,
                              std::int64_t t) {
-  __shared__ S red[kThreads / 32];
+  __shared__ S red[2 * kWarps];
   const int j = blockIdx.x;
   const S* r = IN + static_cast<size_t>(j) * d;
   const S* v = IN + static_cast<size_t>(m + j) * d;
@@ -279,8 +292,7 @@ __global__ void final_kernel(const S* IN, const S* OUT, ColumnState* cs, ColumnR
     Mh = dev_fma(r[i], g[i], Mh);
     q = dev_fma(g[i], v[i], q);
   }
-  Mh = block_sum(Mh, red);
-  q = block_sum(q, red);
+  block_pair<0, 0>(Mh, q, red);
   if (threadIdx.x == 0) {
     ColumnState& st = cs[j];
     Mh *= S(0.5);
@@ -340,6 +352,98 @@ struct Buffers {
   }
 };
 
+// cuBLAS, loaded at run time where present (PyTorch and JAX ship it): the extension neither links
+// nor needs it, and falls back to its own kernels without it. Only the few entry points used are
+// declared here; their C ABI has been stable since cuBLAS 10 (the _v2 names).
+struct Cublas {
+  using Handle = void*;
+  using Create = int (*)(Handle*);
+  using Destroy = int (*)(Handle);
+  using SetStream = int (*)(Handle, cudaStream_t);
+  using SetWorkspace = int (*)(Handle, void*, size_t);
+  using Dgemm = int (*)(Handle, int, int, int, int, int, const double*, const double*, int, const double*, int,
+                        const double*, double*, int);
+  using Sgemm = int (*)(Handle, int, int, int, int, int, const float*, const float*, int, const float*, int,
+                        const float*, float*, int);
+  void* lib = nullptr;
+  Create create = nullptr;
+  Destroy destroy = nullptr;
+  SetStream set_stream = nullptr;
+  SetWorkspace set_workspace = nullptr;
+  Dgemm dgemm = nullptr;
+  Sgemm sgemm = nullptr;
+  Handle handle = nullptr;
+
+  // path: a file to load, or empty for the usual names on the loader's search path
+  bool load(const std::string& path, std::string* why) {
+    const char* names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so.11", "libcublas.so"};
+    // RTLD_NODELETE: the library stays mapped after dlclose, so a later call loads it for free
+    const int flags = RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE;
+    if (!path.empty()) {
+      lib = dlopen(path.c_str(), flags);
+    } else {
+      for (const char* n : names)
+        if ((lib = dlopen(n, flags)) != nullptr) break;
+    }
+    if (!lib) {
+      const char* e = dlerror();
+      *why = std::string("cuBLAS not loaded: ") + (e ? e : "not found");
+      return false;
+    }
+    create = reinterpret_cast<Create>(dlsym(lib, "cublasCreate_v2"));
+    destroy = reinterpret_cast<Destroy>(dlsym(lib, "cublasDestroy_v2"));
+    set_stream = reinterpret_cast<SetStream>(dlsym(lib, "cublasSetStream_v2"));
+    set_workspace = reinterpret_cast<SetWorkspace>(dlsym(lib, "cublasSetWorkspace_v2"));
+    dgemm = reinterpret_cast<Dgemm>(dlsym(lib, "cublasDgemm_v2"));
+    sgemm = reinterpret_cast<Sgemm>(dlsym(lib, "cublasSgemm_v2"));
+    if (!create || !destroy || !set_stream || !dgemm || !sgemm) {
+      *why = "cuBLAS library lacks the expected entry points";
+      return false;
+    }
+    if (create(&handle) != 0) {
+      handle = nullptr;
+      *why = "cublasCreate failed";
+      return false;
+    }
+    return true;
+  }
+  int gemm(int d, int n, const double* A, const double* B, double* C) const {
+    const double one = 1, zero = 0;
+    return dgemm(handle, 0, 0, d, n, d, &one, A, d, B, d, &zero, C, d);
+  }
+  int gemm(int d, int n, const float* A, const float* B, float* C) const {
+    const float one = 1, zero = 0;
+    return sgemm(handle, 0, 0, d, n, d, &one, A, d, B, d, &zero, C, d);
+  }
+  ~Cublas() {
+    if (handle) destroy(handle);
+    if (lib) dlclose(lib);
+  }
+};
+
+// How one product of width n is formed: kernel 1 simple tiles, 2 register-blocked tiles split
+// over `slices` ranges of k, 3 skinny split-k, 4 cuBLAS.
+struct Plan {
+  int kernel = 2;
+  int slices = 1;
+};
+
+Plan plan_product(int requested, int d, int n, bool have_cublas) {
+  Plan p;
+  p.kernel = requested;
+  if (p.kernel == 0) p.kernel = have_cublas ? 4 : (n <= kSkinnyMax ? 3 : 2);
+  if (p.kernel == 3 && n > kSkinnyMax) p.kernel = 2;
+  if (p.kernel == 3) p.slices = (d + kKC - 1) / kKC;
+  if (p.kernel == 2) {
+    // enough blocks for two waves on a large GPU, each slice at least 256 deep
+    const int blocks = ((d + kBM - 1) / kBM) * ((n + kBN - 1) / kBN);
+    int s = (264 + blocks - 1) / blocks;
+    const int most = d / 256 > 1 ? d / 256 : 1;
+    p.slices = s < 1 ? 1 : (s > most ? most : s);
+  }
+  return p;
+}
+
 }  // namespace
 
 int device_count(std::string* why) {
@@ -355,7 +459,7 @@ int device_count(std::string* why) {
 
 template <class S>
 bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double* etas, int m, std::int64_t t,
-                   bool scaled, ColumnResult* out, std::string* error, int gemm, bool use_graph) {
+                   bool scaled, ColumnResult* out, std::string* error, const Options& options, RunInfo* info) {
   cudaError_t err = cudaSuccess;
   auto check = [&](cudaError_t e, const char* what) {
     if (e != cudaSuccess && err == cudaSuccess) {
@@ -368,6 +472,27 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
     *error = "d, m and t must be positive";
     return false;
   }
+  if (options.gemm < 0 || options.gemm > 4) {
+    *error = "gemm must be 0 (automatic), 1, 2, 3 or 4 (cuBLAS)";
+    return false;
+  }
+  Stream stream;
+  if (!check(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking), "stream")) return false;
+  Cublas blas;
+  std::string blas_why;
+  const bool want_blas = options.gemm == 4 || (options.gemm == 0 && options.cublas_path != "none");
+  const bool have_blas = want_blas && blas.load(options.cublas_path == "none" ? "" : options.cublas_path, &blas_why) &&
+                         blas.set_stream(blas.handle, stream.s) == 0;
+  if (options.gemm == 4 && !have_blas) {
+    *error = blas_why.empty() ? "cuBLAS could not be set up" : blas_why;
+    return false;
+  }
+  const Plan wide = plan_product(options.gemm, d, 2 * m, have_blas), narrow = plan_product(options.gemm, d, m, have_blas);
+  if (info) {
+    info->gemm = wide.kernel;
+    info->slices = wide.slices;
+    info->cublas_note = have_blas ? "" : blas_why;
+  }
   Buffers buf;
   const size_t dd = static_cast<size_t>(d), mm = static_cast<size_t>(m);
   S* dH = buf.alloc<S>(dd * dd, &err);
@@ -379,12 +504,21 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
   double* detas = err == cudaSuccess ? buf.alloc<double>(mm, &err) : nullptr;
   ColumnState* dcs = err == cudaSuccess ? buf.alloc<ColumnState>(mm, &err) : nullptr;
   ColumnResult* dres = err == cudaSuccess ? buf.alloc<ColumnResult>(mm, &err) : nullptr;
-  const int slices = (d + kKC - 1) / kKC;
-  S* dP = (err == cudaSuccess && 2 * m <= kSkinnyMax && gemm != 1 && gemm != 2)
-              ? buf.alloc<S>(static_cast<size_t>(slices) * dd * 2 * mm, &err)
-              : nullptr;
+  // partial sums of the split products (the wide product needs the most)
+  auto partial_len = [&](const Plan& p, int n) {
+    return (p.kernel == 2 || p.kernel == 3) && p.slices > 1 ? static_cast<size_t>(p.slices) * n * dd : size_t(0);
+  };
+  const size_t plen = std::max(partial_len(wide, 2 * m), partial_len(narrow, m));
+  S* dP = (err == cudaSuccess && plen > 0) ? buf.alloc<S>(plen, &err) : nullptr;
+  // cuBLAS gets a workspace of ours, so that it allocates nothing while a graph is captured
+  const size_t ws_bytes = size_t(32) << 20;
+  void* dwork = (err == cudaSuccess && have_blas && blas.set_workspace) ? buf.alloc<char>(ws_bytes, &err) : nullptr;
   if (err != cudaSuccess) {
     *error = std::string("cudaMalloc: ") + cudaGetErrorString(err);
+    return false;
+  }
+  if (dwork && blas.set_workspace(blas.handle, dwork, ws_bytes) != 0) {
+    *error = "cublasSetWorkspace failed";
     return false;
   }
   // initial state (host): w = 2^Ew w^, r = w^ - off w*, v = 0. The scaled mode, like the CPU
@@ -411,8 +545,6 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
   std::vector<ColumnState> cs(mm, ColumnState{k0, k0, 0, -1, 0});
   // every copy and kernel goes in order on one stream of our own (no implicit synchronisation
   // with other streams: the copies are ordered before the first product by the stream itself)
-  Stream stream;
-  if (!check(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking), "stream")) return false;
   check(cudaMemcpyAsync(dH, H, dd * dd * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy H");
   check(cudaMemcpyAsync(dW, W.data(), dd * mm * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy W");
   check(cudaMemcpyAsync(dIN, in.data(), dd * 2 * mm * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy IN");
@@ -421,34 +553,41 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
   check(cudaMemcpyAsync(detas, etas, mm * sizeof(double), cudaMemcpyHostToDevice, stream.s), "copy etas");
   check(cudaMemcpyAsync(dcs, cs.data(), mm * sizeof(ColumnState), cudaMemcpyHostToDevice, stream.s), "copy state");
   if (err != cudaSuccess) return false;
-  // The product H [R | V] (n = 2m columns per step, m for the final one): kernel 1 the simple
-  // 16 x 16 tiles, 2 the register-blocked tiles, 3 the split-k skinny kernel (n <= 16); 0 picks.
-  auto product = [&](cudaStream_t s, int n) {
-    int which = gemm;
-    if (which == 0) which = n <= kSkinnyMax ? 3 : 2;
-    if (which == 3 && (n > kSkinnyMax || dP == nullptr)) which = 2;
-    if (which == 1) {
+  bool blas_failed = false;
+  // The product OUT = H IN[:, :n] (n = 2m columns per step, m for the final one).
+  auto product = [&](cudaStream_t s, const Plan& p, int n) {
+    if (p.kernel == 4) {
+      if (blas.gemm(d, n, dH, dIN, dOUT) != 0) blas_failed = true;
+    } else if (p.kernel == 1) {
       const dim3 tb(kTile, kTile), grid((d + kTile - 1) / kTile, (n + kTile - 1) / kTile);
       gemm_kernel<S><<<grid, tb, 0, s>>>(dH, dIN, dOUT, d, n);
-    } else if (which == 2) {
-      const dim3 grid((d + kBM - 1) / kBM, (n + kBN - 1) / kBN);
-      gemm_tiled_kernel<S><<<grid, 256, 0, s>>>(dH, dIN, dOUT, d, n);
+    } else if (p.kernel == 2) {
+      const int span = p.slices > 1 ? ((d + p.slices - 1) / p.slices + kBK - 1) / kBK * kBK : d;
+      const int slices = (d + span - 1) / span;
+      const dim3 grid((d + kBM - 1) / kBM, (n + kBN - 1) / kBN, slices);
+      gemm_tiled_kernel<S><<<grid, 256, 0, s>>>(dH, dIN, slices > 1 ? dP : dOUT, d, n, span);
+      if (slices > 1) {
+        const size_t len = static_cast<size_t>(n) * dd;
+        skinny_reduce_kernel<S><<<static_cast<unsigned>((len + 255) / 256), 256, 0, s>>>(dP, dOUT, d, n, slices);
+      }
     } else {
-      const dim3 grid((d + kSkinnyRows - 1) / kSkinnyRows, slices);
+      const dim3 grid((d + kSkinnyRows - 1) / kSkinnyRows, p.slices);
       if (n <= 2)
-        gemm_skinny_kernel<S, 2><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, dP, d, n);
+        gemm_skinny_kernel<S, 2><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, p.slices > 1 ? dP : dOUT, d, n);
       else if (n <= 4)
-        gemm_skinny_kernel<S, 4><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, dP, d, n);
+        gemm_skinny_kernel<S, 4><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, p.slices > 1 ? dP : dOUT, d, n);
       else if (n <= 8)
-        gemm_skinny_kernel<S, 8><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, dP, d, n);
+        gemm_skinny_kernel<S, 8><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, p.slices > 1 ? dP : dOUT, d, n);
       else
-        gemm_skinny_kernel<S, 16><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, dP, d, n);
-      const size_t len = static_cast<size_t>(n) * dd;
-      skinny_reduce_kernel<S><<<static_cast<unsigned>((len + 255) / 256), 256, 0, s>>>(dP, dOUT, d, n, slices);
+        gemm_skinny_kernel<S, 16><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, p.slices > 1 ? dP : dOUT, d, n);
+      if (p.slices > 1) {
+        const size_t len = static_cast<size_t>(n) * dd;
+        skinny_reduce_kernel<S><<<static_cast<unsigned>((len + 255) / 256), 256, 0, s>>>(dP, dOUT, d, n, p.slices);
+      }
     }
   };
   auto one_step = [&](cudaStream_t s) {
-    product(s, 2 * m);
+    product(s, wide, 2 * m);
     step_kernel<S><<<m, kThreads, 0, s>>>(dW, dIN, dOUT, dws, detas, doff, dcs, d, m, scaled);
   };
   // Launch overhead dominates small problems: the steps go in chunks of kChunk captured once as
@@ -456,12 +595,12 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
   // is the same graph). Where capture is refused the steps are launched one by one.
   constexpr std::int64_t kChunk = 32;
   std::int64_t done = 0;
-  if (use_graph && t >= 2 * kChunk) {
+  if (options.graph && t >= 2 * kChunk) {
     Graph g;
     bool captured = cudaStreamBeginCapture(stream.s, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
     if (captured) {
       for (std::int64_t i = 0; i < kChunk; ++i) one_step(stream.s);
-      captured = cudaStreamEndCapture(stream.s, &g.graph) == cudaSuccess && g.graph != nullptr;
+      captured = cudaStreamEndCapture(stream.s, &g.graph) == cudaSuccess && g.graph != nullptr && !blas_failed;
     }
     if (captured) captured = cudaGraphInstantiate(&g.exec, g.graph, 0) == cudaSuccess;
     if (captured) {
@@ -469,16 +608,22 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
         if (!check(cudaGraphLaunch(g.exec, stream.s), "graph launch")) return false;
     } else {
       (void)cudaGetLastError();  // capture refused: clear it and launch directly
+      blas_failed = false;
     }
+    if (info) info->graph = captured;
   }
   for (std::int64_t tau = done; tau < t; ++tau) {
     one_step(stream.s);
     if (((tau - done) & 255) == 0 && !check(cudaGetLastError(), "kernel launch")) return false;
   }
-  product(stream.s, m);
+  product(stream.s, narrow, m);
   final_kernel<S><<<m, kThreads, 0, stream.s>>>(dIN, dOUT, dcs, dres, d, m, t);
   check(cudaGetLastError(), "kernel launch");
   check(cudaStreamSynchronize(stream.s), "synchronize");
+  if (blas_failed && err == cudaSuccess) {
+    *error = "a cuBLAS product failed";
+    return false;
+  }
   if (err != cudaSuccess) return false;
   check(cudaMemcpyAsync(out, dres, mm * sizeof(ColumnResult), cudaMemcpyDeviceToHost, stream.s), "copy results");
   check(cudaStreamSynchronize(stream.s), "synchronize");
@@ -486,8 +631,8 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
 }
 
 template bool forward_batch<float>(const float*, const float*, const float*, int, const double*, int, std::int64_t,
-                                   bool, ColumnResult*, std::string*, int, bool);
+                                   bool, ColumnResult*, std::string*, const Options&, RunInfo*);
 template bool forward_batch<double>(const double*, const double*, const double*, int, const double*, int,
-                                    std::int64_t, bool, ColumnResult*, std::string*, int, bool);
+                                    std::int64_t, bool, ColumnResult*, std::string*, const Options&, RunInfo*);
 
 }  // namespace metastep::cuda

@@ -21,15 +21,34 @@ struct ColumnResult {
   std::int64_t fail_step = -1;
 };
 
+// How a call is run. gemm picks the product: 0 automatic (cuBLAS where it loads, else our own
+// kernel by shape), 1 simple 16 x 16 tiles, 2 register-blocked 64 x 64 tiles split over k, 3
+// split-k skinny kernel (at most 8 step sizes), 4 cuBLAS (an error where it does not load).
+// cublas_path: the library file to load ("" the usual names, "none" never). graph: replay the
+// steps as captured CUDA graphs. The defaults are the fast choices; the others exist so that the
+// tests can check every kernel against the CPU.
+struct Options {
+  int gemm = 0;
+  std::string cublas_path;
+  bool graph = true;
+};
+
+// What a call actually did: the kernel of the per-step product, its k-split, whether the steps
+// ran as a graph, and why cuBLAS was not used (empty where it was, or was not asked for).
+struct RunInfo {
+  int gemm = 0;
+  int slices = 1;
+  bool graph = false;
+  std::string cublas_note;
+};
+
 // H: d x d column-major; w0, wstar: length d; etas: m step sizes; t inner steps. With
 // scaled = true the iterate and tangent of every column are renormalised by powers of two
 // after each step (the range-safe mode); otherwise plain forward mode. Returns false and sets
-// *error on a CUDA failure. gemm picks the product kernel (0: by shape; 1: simple 16 x 16 tiles;
-// 2: register-blocked 64 x 64 tiles; 3: split-k skinny, for at most 8 step sizes) and use_graph
-// whether the steps are replayed as captured CUDA graphs; the defaults are the fast choices, the
-// others exist so that the tests can check every kernel against the CPU.
+// *error on a CUDA failure.
 template <class S>
 bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double* etas, int m, std::int64_t t,
-                   bool scaled, ColumnResult* out, std::string* error, int gemm = 0, bool use_graph = true);
+                   bool scaled, ColumnResult* out, std::string* error, const Options& options = Options(),
+                   RunInfo* info = nullptr);
 
 }  // namespace metastep::cuda

@@ -1,6 +1,11 @@
 """Public entry points: unrolled runs and meta-gradients (SPEC §2–§4)."""
 from __future__ import annotations
 
+import functools
+import glob
+import os
+import re
+import sys
 from typing import Any, Optional, Tuple, Union
 
 import numpy as np
@@ -162,15 +167,41 @@ def _metagrad_cuda(problem: Problem, eta: Any, t: int, sched: Any, objective: st
         raise RuntimeError(f"device='cuda' unavailable: {why}")
     etas, scalar = step_sizes(eta)
     check_range(etas, "eta", dtype)
-    # the kernels read H column-major: the C-order buffer of H^T is exactly that layout
-    Ht = np.ascontiguousarray(np.asarray(problem.H, dtype=np.float64).T)
-    out = getattr(_core, f"cuda_forward_{dtype}")(Ht, np.ascontiguousarray(problem.w0, dtype=np.float64),
+    Hc = np.ascontiguousarray(problem.H, dtype=np.float64)
+    out = getattr(_core, f"cuda_forward_{dtype}")(Hc, np.ascontiguousarray(problem.w0, dtype=np.float64),
                                                   np.ascontiguousarray(problem.w_star, dtype=np.float64),
                                                   np.ascontiguousarray(etas, dtype=np.float64), t,
-                                                  mode != "forward", objective)
+                                                  mode != "forward", objective, cublas=cublas_library())
     res = _result(out, scalar, False, "scaled_forward" if mode != "forward" else "forward", dtype, objective, on, t,
                   eta)
+    # how the GPU ran it (product kernel, k-split, graph replay, why not cuBLAS) goes with each
+    # step size's diagnostics
+    run = dict(out.get("cuda", {}))
+    for dg in ([res.diagnostics] if scalar else res.diagnostics):
+        if isinstance(dg, dict):
+            dg["cuda"] = run
     return res
+
+
+@functools.lru_cache(maxsize=1)
+def cublas_library() -> str:
+    """The cuBLAS library the CUDA path loads for its products: ``$METASTEP_CUBLAS`` if set (a
+    file, or ``none`` for our own kernels), else the newest ``libcublas.so.N`` shipped in an
+    ``nvidia`` wheel on ``sys.path`` (PyTorch and JAX install one), else ``""`` (the system
+    loader's search path). Where none loads, the CUDA path uses its own kernels."""
+    env = os.environ.get("METASTEP_CUBLAS")
+    if env:
+        return env
+    found = []
+    for base in sys.path:
+        root = os.path.join(base or ".", "nvidia")
+        if not os.path.isdir(root):
+            continue
+        for path in glob.glob(os.path.join(root, "**", "libcublas.so.*"), recursive=True):
+            hit = re.search(r"libcublas\.so\.(\d+)$", path)
+            if hit:
+                found.append((int(hit.group(1)), path))
+    return max(found)[1] if found else ""
 
 
 def resolve_mode(problem: Problem, mode: str, steps: int, dtype: Any = "float64", checkpoints: Any = None) -> str:

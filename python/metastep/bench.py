@@ -388,17 +388,19 @@ def _jax_cuda_forward(H: np.ndarray, w0: np.ndarray, etas: np.ndarray, t: int, d
     def f(Hm: Any, W: Any, e: Any) -> Any:
         def body(c: Any, _: Any) -> Any:
             w, v = c
-            G = Hm @ jnp.concatenate([w, v], axis=1)
+            # full float32 products (JAX's GPU default for float32 is TF32, about 3 digits)
+            G = jnp.matmul(Hm, jnp.concatenate([w, v], axis=1), precision=jax.lax.Precision.HIGHEST)
             g, hv = G[:, :m], G[:, m:]
             return (w - e * g, v - g - e * hv), None
         (w, v), _ = jax.lax.scan(body, (W, jnp.zeros_like(W)), None, length=t)
-        return jnp.sum((Hm @ w) * v, axis=0)
+        return jnp.sum(jnp.matmul(Hm, w, precision=jax.lax.Precision.HIGHEST) * v, axis=0)
     return lambda: np.asarray(f(Hj, W0, E).block_until_ready())
 
 
 def _cublas_step_bound(H: np.ndarray, m: int, dtype: str, reps: int = 50) -> Optional[float]:
-    """Seconds of one d × d by d × 2m product through cuBLAS (PyTorch), the per-step floor of any
-    implementation that forms that product; None without PyTorch-CUDA."""
+    """Seconds of one d × d by d × 2m product through cuBLAS (PyTorch; `reps` products replayed
+    as one CUDA graph, so launch costs are excluded): the per-step floor of any implementation
+    that forms that product with cuBLAS; None without PyTorch-CUDA."""
     try:
         import torch
     except ImportError:
@@ -409,14 +411,22 @@ def _cublas_step_bound(H: np.ndarray, m: int, dtype: str, reps: int = 50) -> Opt
     Ht = torch.tensor(H, dtype=tdt, device="cuda")
     X = torch.randn((H.shape[0], 2 * m), dtype=tdt, device="cuda")
     G = torch.empty_like(X)
-    for _ in range(5):
-        torch.matmul(Ht, X, out=G)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            torch.matmul(Ht, X, out=G)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()  # replayed: kernel time alone, no Python or launch cost
+    with torch.cuda.graph(g):
+        for _ in range(reps):
+            torch.matmul(Ht, X, out=G)
+    g.replay()
     torch.cuda.synchronize()
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        for _ in range(reps):
-            torch.matmul(Ht, X, out=G)
+        g.replay()
         torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - t0) / reps)
     return best
@@ -459,12 +469,15 @@ def run_gpu_bench(quick: bool = False, out: Optional[str] = None,
                 if mode == "forward":
                     ref = g
             fn = getattr(api._core, f"cuda_forward_{dtype}")
-            Ht = np.ascontiguousarray(H.T)
+            Ht = np.ascontiguousarray(H)
             # the fixed cost of a call (conversion and upload of H, allocation, read-back): t = 1
             row["cuda_call_overhead_s"] = _median_time(
                 lambda: api.metagrad(p, etas, 1, mode="forward", dtype=dtype, device="cuda"), 3)
+            blas = api.cublas_library()
+            row["cuda_run"] = fn(Ht, w0, np.zeros(d), etas, 1, False, "final", cublas=blas)["cuda"]
             for label, kw in (("simple_kernel_no_graph", dict(gemm=1, graph=False)),
-                              ("no_graph", dict(graph=False))):
+                              ("own_kernels", dict(cublas="none")),
+                              ("no_graph", dict(graph=False, cublas=blas))):
                 row[f"cuda_forward_{label}_s"] = _median_time(
                     lambda kw=kw: fn(Ht, w0, np.zeros(d), etas, t, False, "final", **kw), 3)
             bound = _cublas_step_bound(H, m, dtype)
@@ -508,15 +521,18 @@ def format_gpu_table(result: Dict[str, Any]) -> str:
     def r(a: Optional[float], b: Optional[float]) -> str:
         return "—" if a is None or b is None or b == 0 else f"{a / b:.2f}×"
     lines = [f"GPU: {result.get('device')}", "",
-             "| d | t | η | dtype | ours fwd ms | ours scaled ms | torch eager ms | torch graph ms | JAX ms | "
-             "cuBLAS bound ms | torch-graph/ours | JAX/ours | ours/bound | max dev vs CPU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| d | t | η | dtype | product | ours fwd ms | ours scaled ms | own kernels ms | torch eager ms | "
+             "torch graph ms | JAX ms | cuBLAS bound ms | torch-graph/ours | JAX/ours | ours/bound | "
+             "max dev vs CPU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for row in result["rows"]:
         ours = row.get("cuda_forward_s")
         dev = row.get("max_rel_dev_cpu_forward")
         lines.append(
-            f"| {row['d']} | {row['t']} | {row['step_sizes']} | {row['dtype']} | {ms_(ours)} | "
-            f"{ms_(row.get('cuda_scaled_forward_s'))} | {ms_(row.get('torch_cuda_eager_s'))} | "
+            f"| {row['d']} | {row['t']} | {row['step_sizes']} | {row['dtype']} | "
+            f"{row.get('cuda_run', {}).get('product', '?')} | {ms_(ours)} | "
+            f"{ms_(row.get('cuda_scaled_forward_s'))} | {ms_(row.get('cuda_forward_own_kernels_s'))} | "
+            f"{ms_(row.get('torch_cuda_eager_s'))} | "
             f"{ms_(row.get('torch_cuda_graph_s'))} | {ms_(row.get('jax_cuda_s'))} | "
             f"{ms_(row.get('cublas_product_bound_s'))} | {r(row.get('torch_cuda_graph_s'), ours)} | "
             f"{r(row.get('jax_cuda_s'), ours)} | {r(ours, row.get('cublas_product_bound_s'))} | "
