@@ -32,17 +32,7 @@ py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws,
   if (w0.ndim() != 1 || w0.shape(0) != d || ws.ndim() != 1 || ws.shape(0) != d)
     throw std::invalid_argument("w0 and w_star must have length d");
   if (etas.ndim() != 1 || etas.shape(0) < 1) throw std::invalid_argument("etas must be a non-empty 1-D array");
-  std::vector<S> h(static_cast<size_t>(d * d)), a(static_cast<size_t>(d)), b(static_cast<size_t>(d));
-  {
-    // column-major copy of H (C order, row-major) in S, in 64 x 64 blocks (one pass, cache-friendly)
-    const double* src = H.data();
-    constexpr Index B = 64;
-    for (Index i0 = 0; i0 < d; i0 += B)
-      for (Index j0 = 0; j0 < d; j0 += B)
-        for (Index i = i0; i < std::min(d, i0 + B); ++i)
-          for (Index j = j0; j < std::min(d, j0 + B); ++j)
-            h[static_cast<size_t>(i + j * d)] = S(src[i * d + j]);
-  }
+  std::vector<S> a(static_cast<size_t>(d)), b(static_cast<size_t>(d));
   for (Index i = 0; i < d; ++i) {
     a[static_cast<size_t>(i)] = S(w0.data()[i]);
     b[static_cast<size_t>(i)] = S(ws.data()[i]);
@@ -53,7 +43,7 @@ py::dict cuda_forward(const F64Array& H, const F64Array& w0, const F64Array& ws,
   bool ok;
   {
     py::gil_scoped_release release;
-    ok = metastep::cuda::forward_batch<S>(h.data(), a.data(), b.data(), static_cast<int>(d), etas.data(), m, steps,
+    ok = metastep::cuda::forward_batch<S>(H.data(), a.data(), b.data(), static_cast<int>(d), etas.data(), m, steps,
                                           scaled, res.data(), &error, copt, &info);
   }
   if (!ok) throw std::runtime_error("CUDA: " + error);

@@ -208,12 +208,16 @@ __device__ void fail(ColumnState& st, int q, std::int64_t step) {
 }
 
 // One inner step for column j = blockIdx.x: W, R = IN[:, j], V = IN[:, m + j], G = OUT[:, j],
-// HV = OUT[:, m + j].
+// HV = OUT[:, m + j]. One fused pass reads r, g, hv, w, v once: the loss r.g at this step (its
+// finiteness is checked), the updates w - eta g and v - (g + eta Hv) (the relative scale of v and
+// w folded into g in the scaled mode), and the largest |w|, |v| after the update. The plain mode
+// writes the next residual in the same pass; the scaled mode takes a second pass to renormalise
+// w and v by powers of two (exact) and form the residual.
 template <class S>
 __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const double* etas, S* off, ColumnState* cs,
                             int d, int m, bool scaled) {
-  __shared__ S red[2 * kWarps];
-  __shared__ S bc[4];
+  __shared__ S red[3 * kWarps];
+  __shared__ S bc[3];
   const int j = blockIdx.x;
   S* w = W + static_cast<size_t>(j) * d;
   S* r = IN + static_cast<size_t>(j) * d;
@@ -222,60 +226,93 @@ __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const dou
   const S* hv = OUT + static_cast<size_t>(m + j) * d;
   const S e = static_cast<S>(etas[j]);
   ColumnState& st = cs[j];
-  const std::int64_t tau = st.step;  // read by every thread before thread 0 advances it below
-  S f = 0, vm = 0;
-  for (int i = threadIdx.x; i < d; i += kThreads) {
-    f = dev_fma(r[i], g[i], f);
-    vm = nan_max(vm, S(fabs(v[i])));
+  // read by every thread before thread 0 updates them (after the barriers of the reduction)
+  const std::int64_t tau = st.step;
+  S rel = S(1);
+  if (scaled) {
+    const std::int64_t diff = st.Ew - st.Ev, lim = 1 << 20;
+    rel = dev_ldexp(S(1), static_cast<int>(diff > lim ? lim : (diff < -lim ? -lim : diff)));
   }
-  block_pair<0, 1>(f, vm, red);
-  if (threadIdx.x == 0) {
-    if (!isfinite(f)) fail<S>(st, 1, tau);
-    if (scaled && vm == S(0)) st.Ev = st.Ew;  // v = 0: give it w's scale
-    const std::int64_t diff = scaled ? st.Ew - st.Ev : 0;
-    const int lim = 1 << 20;
-    bc[0] = dev_ldexp(S(1), static_cast<int>(diff > lim ? lim : (diff < -lim ? -lim : diff)));
-  }
-  __syncthreads();
-  const S rel = bc[0];
-  S wm = 0;
-  vm = 0;
+  const S o = off[j];
+  S f = 0, wm = 0, vm = 0;
   for (int i = threadIdx.x; i < d; i += kThreads) {
-    const S wn = w[i] - e * g[i];
-    const S vn = v[i] - (rel * g[i] + e * hv[i]);
+    const S gi = g[i];
+    f = dev_fma(r[i], gi, f);
+    const S wn = w[i] - e * gi;
+    const S vn = v[i] - (rel * gi + e * hv[i]);
     w[i] = wn;
     v[i] = vn;
+    if (!scaled) r[i] = wn - o * wstar[i];
     wm = nan_max(wm, S(fabs(wn)));
     vm = nan_max(vm, S(fabs(vn)));
   }
-  block_pair<1, 1>(wm, vm, red);
+  // three block-wide reductions with one pair of barriers
+  for (int s = 16; s > 0; s >>= 1) {
+    f += __shfl_down_sync(0xffffffffu, f, s);
+    wm = nan_max(wm, __shfl_down_sync(0xffffffffu, wm, s));
+    vm = nan_max(vm, __shfl_down_sync(0xffffffffu, vm, s));
+  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    red[warp] = f;
+    red[kWarps + warp] = wm;
+    red[2 * kWarps + warp] = vm;
+  }
+  __syncthreads();
   if (threadIdx.x == 0) {
+    f = red[0];
+    wm = red[kWarps];
+    vm = red[2 * kWarps];
+    for (int k = 1; k < kWarps; ++k) {
+      f += red[k];
+      wm = nan_max(wm, red[kWarps + k]);
+      vm = nan_max(vm, red[2 * kWarps + k]);
+    }
+    if (!isfinite(f)) fail<S>(st, 1, tau);
     int kw = 0, kv = 0;
     if (scaled) {
       S mw = wm;
-      const S o = fabs(off[j]);
-      if (o > mw) mw = o;
+      const S oa = fabs(o);
+      if (oa > mw) mw = oa;
       if (mw > S(0) && isfinite(mw)) dev_frexp(mw, &kw);
       if (vm > S(0) && isfinite(vm)) dev_frexp(vm, &kv);
-      off[j] = dev_ldexp(off[j], -kw);
+      off[j] = dev_ldexp(o, -kw);
       st.Ew += kw;
       st.Ev += kv;
+      if (vm == S(0)) st.Ev = st.Ew;  // v = 0: give it w's scale (relative factor 1 next step)
     }
     if (!isfinite(wm)) fail<S>(st, 2, tau + 1);
     if (!isfinite(vm)) fail<S>(st, 3, tau + 1);
     st.step = tau + 1;
-    bc[1] = dev_ldexp(S(1), -kw);
-    bc[2] = dev_ldexp(S(1), -kv);
-    bc[3] = off[j];
+    bc[0] = dev_ldexp(S(1), -kw);
+    bc[1] = dev_ldexp(S(1), -kv);
+    bc[2] = off[j];
   }
+  if (!scaled) return;
   __syncthreads();
-  const S sw = bc[1], sv = bc[2], o = bc[3];
+  const S sw = bc[0], sv = bc[1], on = bc[2];
   for (int i = threadIdx.x; i < d; i += kThreads) {
     const S wn = w[i] * sw;  // powers of two: exact
     w[i] = wn;
     v[i] *= sv;
-    r[i] = wn - o * wstar[i];
+    r[i] = wn - on * wstar[i];
   }
+}
+
+// H arrives as the caller's float64 array in C order; the products read it column-major in S.
+// One tiled pass on the GPU converts and transposes (coalesced reads and writes through shared
+// memory), so the host never copies the matrix.
+template <class S>
+__global__ void transpose_convert_kernel(const double* __restrict__ in, S* __restrict__ out, int d) {
+  __shared__ double tile[32][33];
+  int x = blockIdx.x * 32 + threadIdx.x, y = blockIdx.y * 32 + threadIdx.y;
+  for (int k = 0; k < 32; k += 8)
+    if (x < d && y + k < d) tile[threadIdx.y + k][threadIdx.x] = in[static_cast<size_t>(y + k) * d + x];
+  __syncthreads();
+  x = blockIdx.y * 32 + threadIdx.x;
+  y = blockIdx.x * 32 + threadIdx.y;
+  for (int k = 0; k < 32; k += 8)
+    if (x < d && y + k < d) out[static_cast<size_t>(y + k) * d + x] = static_cast<S>(tile[threadIdx.x][threadIdx.y + k]);
 }
 
 // Final meta-loss and derivative of column j from G = H R (OUT[:, j]).
@@ -431,7 +468,9 @@ struct Plan {
 Plan plan_product(int requested, int d, int n, bool have_cublas) {
   Plan p;
   p.kernel = requested;
-  if (p.kernel == 0) p.kernel = have_cublas ? 4 : (n <= kSkinnyMax ? 3 : 2);
+  // measured on an H100: for a few step sizes on a large matrix our split-k kernel is as fast as
+  // cuBLAS in float64 and faster in float32; elsewhere cuBLAS wins
+  if (p.kernel == 0) p.kernel = (n <= kSkinnyMax && (!have_cublas || d >= 512)) ? 3 : (have_cublas ? 4 : 2);
   if (p.kernel == 3 && n > kSkinnyMax) p.kernel = 2;
   if (p.kernel == 3) p.slices = (d + kKC - 1) / kKC;
   if (p.kernel == 2) {
@@ -458,7 +497,7 @@ int device_count(std::string* why) {
 }
 
 template <class S>
-bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double* etas, int m, std::int64_t t,
+bool forward_batch(const double* H, const S* w0, const S* wstar, int d, const double* etas, int m, std::int64_t t,
                    bool scaled, ColumnResult* out, std::string* error, const Options& options, RunInfo* info) {
   cudaError_t err = cudaSuccess;
   auto check = [&](cudaError_t e, const char* what) {
@@ -496,6 +535,7 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
   Buffers buf;
   const size_t dd = static_cast<size_t>(d), mm = static_cast<size_t>(m);
   S* dH = buf.alloc<S>(dd * dd, &err);
+  double* dH64 = err == cudaSuccess ? buf.alloc<double>(dd * dd, &err) : nullptr;
   S* dW = err == cudaSuccess ? buf.alloc<S>(dd * mm, &err) : nullptr;
   S* dIN = err == cudaSuccess ? buf.alloc<S>(dd * 2 * mm, &err) : nullptr;
   S* dOUT = err == cudaSuccess ? buf.alloc<S>(dd * 2 * mm, &err) : nullptr;
@@ -545,7 +585,11 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
   std::vector<ColumnState> cs(mm, ColumnState{k0, k0, 0, -1, 0});
   // every copy and kernel goes in order on one stream of our own (no implicit synchronisation
   // with other streams: the copies are ordered before the first product by the stream itself)
-  check(cudaMemcpyAsync(dH, H, dd * dd * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy H");
+  check(cudaMemcpyAsync(dH64, H, dd * dd * sizeof(double), cudaMemcpyHostToDevice, stream.s), "copy H");
+  {
+    const dim3 grid((d + 31) / 32, (d + 31) / 32), block(32, 8);
+    transpose_convert_kernel<S><<<grid, block, 0, stream.s>>>(dH64, dH, d);
+  }
   check(cudaMemcpyAsync(dW, W.data(), dd * mm * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy W");
   check(cudaMemcpyAsync(dIN, in.data(), dd * 2 * mm * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy IN");
   check(cudaMemcpyAsync(dws, wstar, dd * sizeof(S), cudaMemcpyHostToDevice, stream.s), "copy w*");
@@ -630,7 +674,7 @@ bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double*
   return err == cudaSuccess;
 }
 
-template bool forward_batch<float>(const float*, const float*, const float*, int, const double*, int, std::int64_t,
+template bool forward_batch<float>(const double*, const float*, const float*, int, const double*, int, std::int64_t,
                                    bool, ColumnResult*, std::string*, const Options&, RunInfo*);
 template bool forward_batch<double>(const double*, const double*, const double*, int, const double*, int,
                                     std::int64_t, bool, ColumnResult*, std::string*, const Options&, RunInfo*);

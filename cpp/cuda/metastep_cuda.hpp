@@ -42,12 +42,12 @@ struct RunInfo {
   std::string cublas_note;
 };
 
-// H: d x d column-major; w0, wstar: length d; etas: m step sizes; t inner steps. With
+// H: d x d float64 in C order (row-major), converted and laid out column-major on the GPU; w0, wstar: length d; etas: m step sizes; t inner steps. With
 // scaled = true the iterate and tangent of every column are renormalised by powers of two
 // after each step (the range-safe mode); otherwise plain forward mode. Returns false and sets
 // *error on a CUDA failure.
 template <class S>
-bool forward_batch(const S* H, const S* w0, const S* wstar, int d, const double* etas, int m, std::int64_t t,
+bool forward_batch(const double* H, const S* w0, const S* wstar, int d, const double* etas, int m, std::int64_t t,
                    bool scaled, ColumnResult* out, std::string* error, const Options& options = Options(),
                    RunInfo* info = nullptr);
 

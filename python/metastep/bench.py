@@ -474,7 +474,7 @@ def run_gpu_bench(quick: bool = False, out: Optional[str] = None,
             row["cuda_call_overhead_s"] = _median_time(
                 lambda: api.metagrad(p, etas, 1, mode="forward", dtype=dtype, device="cuda"), 3)
             blas = api.cublas_library()
-            row["cuda_run"] = fn(Ht, w0, np.zeros(d), etas, 1, False, "final", cublas=blas)["cuda"]
+            row["cuda_run"] = fn(Ht, w0, np.zeros(d), etas, 64, False, "final", cublas=blas)["cuda"]
             for label, kw in (("simple_kernel_no_graph", dict(gemm=1, graph=False)),
                               ("own_kernels", dict(cublas="none")),
                               ("no_graph", dict(graph=False, cublas=blas))):
