@@ -187,29 +187,85 @@ def _supports_sweep(module: Any) -> bool:
     return "workers" in params and "scheduler" in params
 
 
+def _run_one(name: str, args: argparse.Namespace, opts: dict) -> dict:
+    """Run one experiment as ``metastep reproduce NAME`` would and return its summary."""
+    from . import experiments
+    extra = {"paper": True} if getattr(args, "paper_scale", False) and name in ("e5", "e6", "e7") else {}
+    if opts and _supports_sweep(experiments.get(name)):
+        return experiments.get(name).run(args.out, quick=args.quick, seed=args.seed,
+                                         progress=not args.no_progress, **opts, **extra)
+    if opts:
+        print(f"note: {name} runs in this process (it does not support --workers/--scheduler)")
+    return experiments.run(name, args.out, quick=args.quick, seed=args.seed, progress=not args.no_progress, **extra)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from . import experiments
     from .sweep import cli_options
-    names = list(experiments.EXPERIMENTS) if args.name == "all" else [args.name]
+    if args.all and args.name not in (None, "all"):
+        raise ValueError(f"give either an experiment name or --all, not both ({args.name} --all)")
+    if not args.all and args.name is None:
+        raise ValueError("name an experiment (" + ", ".join(experiments.EXPERIMENTS) + ") or give --all")
+    if args.all or args.name == "all":
+        return _reproduce_all(args)
     opts = cli_options(args)
-    if opts and args.name != "all" and not _supports_sweep(experiments.get(args.name)):
+    if opts and not _supports_sweep(experiments.get(args.name)):
         supported = [n for n in experiments.EXPERIMENTS if _supports_sweep(experiments.get(n))]
         raise ValueError(f"{args.name} does not support --workers/--scheduler (supported: {', '.join(supported)})")
-    ok = True
+    summary = _run_one(args.name, args, opts)
+    _print_checks(f"metastep reproduce {args.name}{' --quick' if args.quick else ''}", summary,
+                  f"{args.out}/{args.name}/summary.json")
+    return 0 if summary["passed"] else 1
+
+
+def _reproduce_all(args: argparse.Namespace) -> int:
+    """Every experiment into one folder, then OUT/index.md and OUT/index.html (figures beside their
+    claims and checks); exit status 1 when a check failed or an experiment stopped with an error."""
+    import traceback
+
+    from . import experiments
+    from .experiments.report import ExperimentRun, rerun_command, summary_table, write_index
+    from .sweep import cli_options
+    opts = cli_options(args)
+    names = list(experiments.EXPERIMENTS)
+    paper = bool(getattr(args, "paper_scale", False))
+    runs: List[ExperimentRun] = []
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(names), desc="reproduce --all", unit="exp", position=0)
     for name in names:
-        extra = {"paper": True} if getattr(args, "paper_scale", False) and name in ("e5", "e6", "e7") else {}
-        if opts and _supports_sweep(experiments.get(name)):
-            summary = experiments.get(name).run(args.out, quick=args.quick, seed=args.seed,
-                                                progress=not args.no_progress, **opts, **extra)
+        if bar is not None:
+            bar.set_postfix_str(name)
+        t0 = time.perf_counter()
+        cmd = rerun_command(name, args.out, args.quick, args.seed, paper)
+        try:
+            summary = _run_one(name, args, opts)
+            run = ExperimentRun(name, summary, time.perf_counter() - t0, cmd)
+        except Exception as exc:  # an experiment that crashes must not hide the others' results
+            run = ExperimentRun(name, None, time.perf_counter() - t0, cmd,
+                                error=f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        runs.append(run)
+        if bar is not None:
+            bar.update(1)
+            bar.write(f"{name}: {'PASS' if run.passed else ('ERROR' if run.error else 'FAIL')} "
+                      f"({run.n_passed}/{len(run.checks)} checks, {run.wall_seconds:.1f} s)")
+    if bar is not None:
+        bar.close()
+    for run in runs:
+        if run.error:
+            print(f"\n{run.name}: ERROR {run.error}")
         else:
-            if opts:
-                print(f"note: {name} runs in this process (it does not support --workers/--scheduler)")
-            summary = experiments.run(name, args.out, quick=args.quick, seed=args.seed,
-                                      progress=not args.no_progress, **extra)
-        _print_checks(f"metastep reproduce {name}{' --quick' if args.quick else ''}", summary,
-                      f"{args.out}/{name}/summary.json")
-        ok = ok and bool(summary["passed"])
-    return 0 if ok else 1
+            _print_checks(f"metastep reproduce {run.name}{' --quick' if args.quick else ''}", run.summary,
+                          f"{args.out}/{run.name}/summary.json")
+    command = "metastep reproduce --all --out " + args.out + (" --quick" if args.quick else "") + \
+        (f" --seed {args.seed}" if args.seed else "") + (" --paper-scale" if paper else "")
+    paths = write_index(args.out, runs, title="metastep reproduce --all" + (" --quick" if args.quick else ""),
+                        command=command)
+    print()
+    print(summary_table(runs))
+    print(f"index: {paths['html']} and {paths['md']}")
+    return 0 if all(r.passed for r in runs) else 1
 
 
 def _csv_list(text: Optional[str], conv: Any) -> Optional[list]:
@@ -292,7 +348,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Reproduce an experiment of the paper (SPEC section 8): writes data (CSV/JSON), "
                        "figures (PNG) and OUT/<name>/summary.json, prints the checks; the exit status is 1 when a "
                        "check fails.")
-    r.add_argument("name", choices=list(EXPERIMENTS) + ["all"], help="experiment: " + ", ".join(EXPERIMENTS))
+    r.add_argument("name", nargs="?", choices=list(EXPERIMENTS) + ["all"],
+                   help="experiment: " + ", ".join(EXPERIMENTS) + "; 'all' (= --all) runs every one")
+    r.add_argument("--all", action="store_true",
+                   help="every experiment into one --out folder, with OUT/index.html and OUT/index.md showing each "
+                   "figure beside its claim and checks")
     r.add_argument("--out", required=True, help="output folder (the experiment writes OUT/<name>/)")
     r.add_argument("--quick", action="store_true", help="reduced version that runs in seconds")
     r.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
