@@ -441,6 +441,9 @@ def plot(results: Dict[str, Any], out_dir: str, name: str = NAME, what: str = "G
     setting = (f"d={cfg.get('d')}, n={n_all} (TbV {n_all // 2}+{n_all - n_all // 2}), "
                f"t={cfg.get('t')}, m={cfg.get('m')} tasks, {cfg.get('test_tasks')} test tasks; {what}")
     paths = []
+    title = name.upper().replace("_", "-")  # E3, E3-SGD
+    fits = ("interpolates the noisy labels" if what == "GD"
+            else "fits the noisy labels (train RMSE well below σ)")
 
     # 1. RMSE vs sigma (paper Fig. 3)
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(16, 5))
@@ -466,7 +469,7 @@ def plot(results: Dict[str, Any], out_dir: str, name: str = NAME, what: str = "G
         ax.legend(fontsize=8)
     a1.set_yscale("log")
     a3.set_yscale("log")
-    fig.suptitle(f"{name.upper()}: train-by-train interpolates the noisy labels and generalizes worse than "
+    fig.suptitle(f"{title}: train-by-train {fits} and generalizes worse than "
                  f"train-by-validation, more so as σ grows\n({setting}; mean and min–max over test tasks)",
                  fontsize=11)
     fig.tight_layout()
@@ -492,9 +495,9 @@ def plot(results: Dict[str, Any], out_dir: str, name: str = NAME, what: str = "G
             axes[i, j].legend(fontsize=7)
         axes[0, j].set_ylabel("train RMSE (log)")
         axes[1, j].set_ylabel("test RMSE")
-    fig.suptitle(f"{name.upper()}: RMSE along the inner {what} run with each method's chosen η "
-                 f"(mean line, min–max band over test tasks)\nTbT drives the training error to ~0 and the test "
-                 f"error up; TbV stops early ({setting})", fontsize=11)
+    fig.suptitle(f"{title}: RMSE along the inner run ({what}) with each method's chosen η "
+                 f"(mean line, min–max band over test tasks)\nTbT drives the training error "
+                 f"{'to ~0' if what == 'GD' else 'down'} and the test error up; TbV stops early ({setting})", fontsize=11)
     fig.tight_layout()
     p = os.path.join(out_dir, f"{name}_curves.png")
     fig.savefig(p, dpi=100)
@@ -533,7 +536,7 @@ def plot(results: Dict[str, Any], out_dir: str, name: str = NAME, what: str = "G
                      fontsize=9)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{name.upper()}: the meta-objectives on the same tasks for every σ — TbT's optimum stays at the "
+    fig.suptitle(f"{title}: the meta-objectives on the same tasks for every σ — TbT's optimum stays at the "
                  f"largest stable η, TbV's shrinks as σ grows\n({setting})", fontsize=10)
     fig.tight_layout()
     p = os.path.join(out_dir, f"{name}_meta_objective.png")
