@@ -83,3 +83,45 @@ def test_bench_quick_runs(tmp_path):
     data = json.loads(out.read_text())
     assert data["quick"] is True and data["rows"] and data["roofline"]["gemm_gflops"] > 0
     assert "ratios" in proc.stdout or "faster" in proc.stdout
+
+
+def _mypy_available():
+    import importlib.util
+    return importlib.util.find_spec("mypy") is not None
+
+
+def test_mypy_passes_on_the_package():
+    """`mypy` (configured in pyproject.toml [tool.mypy]) finds no error in python/metastep and its
+    stub of the compiled core; skipped where mypy is not installed (it is in the `test` extra)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    import pytest
+    if not _mypy_available():
+        pytest.skip("mypy not installed (pip install '.[test]')")
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if not (root / "python" / "metastep" / "_core.pyi").exists():
+        pytest.skip("needs the source tree (python/metastep)")
+    proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Success: no issues found" in proc.stdout
+
+
+def test_type_stub_agrees_with_the_compiled_module_under_stubtest(tmp_path):
+    """mypy's stubtest compares _core.pyi with the imported extension (names, kinds, properties);
+    tests/stubtest_allowlist.txt lists the pybind11 artefacts a stub cannot express."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    import pytest
+    if not _mypy_available():
+        pytest.skip("mypy not installed (pip install '.[test]')")
+    allow = pathlib.Path(__file__).with_name("stubtest_allowlist.txt")
+    pkg_parent = str(pathlib.Path(ms.__file__).resolve().parents[1])  # the metastep being tested
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_parent, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "metastep._core", "--allowlist", str(allow),
+                           "--mypy-config-file", os.devnull], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

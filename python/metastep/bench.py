@@ -25,7 +25,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -194,7 +195,7 @@ def run_bench(quick: bool = False, out: Optional[str] = None, threads: Optional[
     nthreads = api.default_threads() if threads is None else threads  # before pinning
     all_cores = _pin_to_one_core()
     cases = [(100, 1000, 1), (1000, 1000, 1), (1000, 1000, 64)]
-    sweep = (1000, 10000, (1000, 10**6))
+    sweep: Tuple[int, int, Tuple[int, ...]] = (1000, 10000, (1000, 10**6))
     repeats = 7
     if quick:
         cases, repeats, sweep = [(50, 100, 1), (100, 100, 8)], 3, (100, 500, (100,))
@@ -217,7 +218,7 @@ def run_bench(quick: bool = False, out: Optional[str] = None, threads: Optional[
         for mode in ("forward", "scaled_forward", "reverse", "exact"):
             reps = repeats if (m == 1 or mode in ("forward", "exact")) else max(1, repeats // 3)
             row[f"metastep_{mode}_s"] = _median_time(
-                lambda mode=mode: api.metagrad(p, etas, t, mode=mode, threads=1), reps)
+                partial(api.metagrad, p, etas, t, mode=mode, threads=1), reps)
         if m > 1:
             if all_cores is not None:
                 os.sched_setaffinity(0, all_cores)  # our worker threads are created per call: they get every core
@@ -457,13 +458,13 @@ def run_gpu_bench(quick: bool = False, out: Optional[str] = None,
             for mode in ("forward", "scaled_forward"):
                 gpu = api.metagrad(p, etas, t, mode=mode, dtype=dtype, device="cuda")
                 row[f"cuda_{mode}_s"] = _median_time(
-                    lambda mode=mode: api.metagrad(p, etas, t, mode=mode, dtype=dtype, device="cuda"), 3)
+                    partial(api.metagrad, p, etas, t, mode=mode, dtype=dtype, device="cuda"), 3)
                 g = np.atleast_1d(gpu.grad)
                 row[f"cuda_{mode}_status_ok"] = bool(np.all(np.atleast_1d(gpu.ok)))
                 if d * m <= 64_000:
                     cpu = api.metagrad(p, etas, t, mode=mode, dtype=dtype)
                     row[f"cpu_{mode}_s"] = _median_time(
-                        lambda mode=mode: api.metagrad(p, etas, t, mode=mode, dtype=dtype), 1)
+                        partial(api.metagrad, p, etas, t, mode=mode, dtype=dtype), 1)
                     c = np.atleast_1d(cpu.grad)
                     row[f"max_rel_dev_cpu_{mode}"] = float(np.max(np.abs(g - c) / np.abs(c)))
                 if mode == "forward":
@@ -479,7 +480,7 @@ def run_gpu_bench(quick: bool = False, out: Optional[str] = None,
                               ("own_kernels", dict(cublas="none")),
                               ("no_graph", dict(graph=False, cublas=blas))):
                 row[f"cuda_forward_{label}_s"] = _median_time(
-                    lambda kw=kw: fn(Ht, w0, np.zeros(d), etas, t, False, "final", **kw), 3)
+                    partial(fn, Ht, w0, np.zeros(d), etas, t, False, "final", **kw), 3)
             bound = _cublas_step_bound(H, m, dtype)
             row["cublas_product_bound_s"] = None if bound is None else bound * t
             for label, make in (("torch_cuda_eager", lambda: _torch_cuda_forward(H, w0, etas, t, dtype, False)),

@@ -56,7 +56,7 @@ def _rel_err_exact(r: Any, which: str, args: argparse.Namespace) -> Optional[flo
     return err if err > 0 else 1e-300  # a positive number: `or` keeps exact zeros distinct from None
 
 
-def _reference(problem: problems._Problem, args: argparse.Namespace) -> tuple[Optional[tuple], str]:
+def _reference(problem: Any, args: argparse.Namespace) -> tuple[Optional[tuple], str]:
     """(log|value|, sign value, log|grad|, sign grad) of the mpmath oracle, and its name."""
     try:
         from . import reference
@@ -102,9 +102,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             rows.append({
                 "mode": mode, "dtype": dt, "value": r.value, "grad": r.grad,
                 "log_abs_grad": r.log_abs_grad,
-                "rel_err_value": _rel_err_exact(r, "value", args) or _rel_err(r.log_abs_value, r.sign_value,
+                "rel_err_value": _rel_err_exact(r, "value", args) or _rel_err(float(r.log_abs_value), int(r.sign_value),
                                                                                ref[0], ref[1]),
-                "rel_err_grad": _rel_err_exact(r, "grad", args) or _rel_err(r.log_abs_grad, r.sign_grad,
+                "rel_err_grad": _rel_err_exact(r, "grad", args) or _rel_err(float(r.log_abs_grad), int(r.sign_grad),
                                                                              ref[2], ref[3]),
                 "status": r.status, "seconds": dt_s,
             })

@@ -21,7 +21,7 @@ import csv
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 
@@ -454,6 +454,18 @@ def _exact_dtype(dtype: Optional[str]) -> str:
     return "float64"
 
 
+@overload
+def find_optimal_eta(problem: Union[Quadratic, LeastSquares], steps: int, objective: str = ..., *,
+                     on: str = ..., eta_max: Optional[float] = ..., grid: int = ..., candidates: int = ...,
+                     dtype: Optional[str] = ..., full_output: Literal[False] = ...) -> float: ...
+
+
+@overload
+def find_optimal_eta(problem: Union[Quadratic, LeastSquares], steps: int, objective: str = ..., *,
+                     on: str = ..., eta_max: Optional[float] = ..., grid: int = ..., candidates: int = ...,
+                     dtype: Optional[str] = ..., full_output: Literal[True]) -> Tuple[float, Dict[str, Any]]: ...
+
+
 def find_optimal_eta(problem: Union[Quadratic, LeastSquares], steps: int, objective: str = "log", *,
                      on: str = "train", eta_max: Optional[float] = None, grid: int = 2001,
                      candidates: int = 5, dtype: Optional[str] = None,
@@ -535,7 +547,7 @@ def find_optimal_eta(problem: Union[Quadratic, LeastSquares], steps: int, object
 
     # local minima of the grid values, lowest first
     interior = np.nonzero((vals[1:-1] <= vals[:-2]) & (vals[1:-1] <= vals[2:]))[0] + 1
-    idx = list(interior)
+    idx: List[int] = [int(i) for i in interior]
     if vals[0] <= vals[1]:
         idx.append(0)
     idx = sorted(set(int(i) for i in idx), key=lambda i: vals[i])[: max(int(candidates), 1)]

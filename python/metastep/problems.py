@@ -197,6 +197,12 @@ class LeastSquares(_Problem):
         self.X_test: Optional[np.ndarray] = None
         self.y_test: Optional[np.ndarray] = None
 
+    # Attached by metastep.tasks.TaskFamily.task to the tasks it builds (absent otherwise).
+    u: np.ndarray
+    radius: float
+    sgd_seed: int
+    index: int
+
     @property
     def n(self) -> int:
         return int(self.X.shape[0])

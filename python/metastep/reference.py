@@ -604,6 +604,7 @@ def _eig_sym(M: list, m_exp: int, F: int, start: Optional[_Eig] = None, depth: i
             Fc = Fn
     if not converged:
         return _eig_fallback(A0, F, s, conv_err)
+    assert S is not None and R is not None and lamt is not None  # set by the first iteration
     lam = [v + sigma for v in lamt]
     nS = _residual_offdiag(S, R, lamt, F)
     nR = math.isqrt(sum(v * v for row in R for v in row))

@@ -182,7 +182,7 @@ def overflow_step(problem: Any, eta: float, dtype: str, t_max: int) -> Optional[
     return None
 
 
-def fit_growth_rate(problem: Any, etas: Any, ts: Optional[Sequence[int]] = None, *, mode: str = "scaled",
+def fit_growth_rate(problem: Any, etas: Any, ts: Optional[Sequence[int] | np.ndarray] = None, *, mode: str = "scaled",
                     dtype: str = "float64") -> Dict[str, np.ndarray]:
     """Measured exponential growth rate of |F'(η)| in t.
 
@@ -191,18 +191,18 @@ def fit_growth_rate(problem: Any, etas: Any, ts: Optional[Sequence[int]] = None,
     fitted by least squares for each η.  Returns arrays ``rate`` (b), ``a``, ``c``,
     ``max_residual``, ``ok`` (all runs ok and finite), and ``ts``/``etas``."""
     etas = np.atleast_1d(np.asarray(etas, dtype=np.float64))
-    ts = np.unique(np.linspace(100, 1000, 19).astype(int)) if ts is None else np.asarray(ts, dtype=int)
-    logs = np.empty((len(ts), len(etas)))
+    t_arr = np.unique(np.linspace(100, 1000, 19).astype(int)) if ts is None else np.asarray(ts, dtype=int)
+    logs = np.empty((len(t_arr), len(etas)))
     ok = np.ones(len(etas), dtype=bool)
-    for j, t in enumerate(ts):
+    for j, t in enumerate(t_arr):
         r = api.metagrad(problem, etas, int(t), objective="final", mode=mode, dtype=dtype)
         logs[j] = np.asarray(r.log_abs_grad, dtype=np.float64)
         ok &= np.asarray(r.ok) & np.isfinite(logs[j])
-    A = np.column_stack([np.ones(len(ts)), ts.astype(float), np.log(ts.astype(float))])
+    A = np.column_stack([np.ones(len(t_arr)), t_arr.astype(float), np.log(t_arr.astype(float))])
     Y = np.where(np.isfinite(logs), logs, 0.0)
     coef, *_ = np.linalg.lstsq(A, Y, rcond=None)
     resid = np.max(np.abs(A @ coef - Y), axis=0)
-    return {"rate": coef[1], "a": coef[0], "c": coef[2], "max_residual": resid, "ok": ok, "ts": ts, "etas": etas,
+    return {"rate": coef[1], "a": coef[0], "c": coef[2], "max_residual": resid, "ok": ok, "ts": t_arr, "etas": etas,
             "log_abs_grad": logs}
 
 
@@ -405,7 +405,7 @@ def stability_study(problem: Any = None, modes: Optional[Sequence[str]] = None,
     # one sweep cell per (mode, precision, objective): its horizons run in order inside the cell,
     # since a cell reuses what smaller t found (non-finite runs, time per step size)
     pdata = _problem_params(problem)
-    grid = []
+    grid: List[Dict[str, Any]] = []
     for mode in modes:
         for dt in dtypes:
             for obj in objectives:

@@ -515,6 +515,7 @@ def _connect(scheduler: Optional[str], workers: Optional[int], timeout: float) -
             raise SweepError(f"invalid Dask scheduler address {scheduler!r}: {exc}") from exc
         return client, None
     try:
+        assert workers is not None  # one of scheduler / workers is given (checked by the caller)
         cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
                                            dashboard_address=None, silence_logs=logging.ERROR)
     except Exception as exc:

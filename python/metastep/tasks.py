@@ -32,7 +32,7 @@ import dataclasses
 import hashlib
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import Iterator, Optional, Union, overload
 
 import numpy as np
 
@@ -79,7 +79,16 @@ def _unit(g: np.ndarray) -> np.ndarray:
     return g / np.sqrt(np.sum(g * g))
 
 
+@overload
+def _ro(a: np.ndarray) -> np.ndarray: ...
+
+
+@overload
+def _ro(a: None) -> None: ...
+
+
 def _ro(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+    """``a`` made read-only (None passes through)."""
     if a is not None:
         a.setflags(write=False)
     return a
@@ -116,7 +125,9 @@ class TaskData:
         return self.y_clean + sigma * self.xi
 
     def y_test(self, sigma: float) -> Optional[np.ndarray]:
-        return None if self.X_test is None else self.y_test_clean + sigma * self.xi_test
+        if self.X_test is None or self.y_test_clean is None or self.xi_test is None:
+            return None
+        return self.y_test_clean + sigma * self.xi_test
 
     def __repr__(self) -> str:
         nt = 0 if self.X_test is None else self.X_test.shape[0]
@@ -218,6 +229,9 @@ class TaskFamily:
         X = _rng(s, st, k, _PART_ROWS).standard_normal((rows, d))
         xi = _rng(s, st, k, _PART_NOISE).standard_normal(rows)
         y_clean = _exact_matvec(X, w_star)
+        Xt: Optional[np.ndarray]
+        xit: Optional[np.ndarray]
+        yt: Optional[np.ndarray]
         if n_test:
             Xt = _rng(s, st, k, _PART_TEST).standard_normal((n_test, d))
             xit = _rng(s, st, k, _PART_TEST_NOISE).standard_normal(n_test)

@@ -198,7 +198,7 @@ def _orthonormal_block(V: np.ndarray, Qp: Optional[np.ndarray], scale: np.ndarra
         for ci in np.nonzero(np.any(bad, axis=1))[0]:
             Qc = np.zeros((p, 0)) if Qp is None else Qp[ci]
             for col in range(r):
-                v = rng.standard_normal(p) if bad[ci, col] else Q[ci, :, col]
+                v = np.asarray(rng.standard_normal(p)) if bad[ci, col] else Q[ci, :, col]
                 basis = np.concatenate([Qc, Q[ci, :, :col]], axis=1)
                 for _ in range(3):
                     v = v - basis @ (basis.T @ v)
@@ -255,7 +255,7 @@ class PreparedTasks:
         return S, radii
 
     def losses(self, etas: Any, sigmas: Any = None, steps: Optional[int] = None, *, grad: bool = True,
-               tasks: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+               tasks: Optional[np.ndarray] = None) -> Dict[str, Any]:
         """Per-task meta-losses at the end of ``steps`` inner steps: a dict with ``loss``
         (m, S, E), ``dloss`` (dloss/dη, or None), ``truncated`` (m, S, E) and ``norm2`` (‖w_t‖²)."""
         t = self.steps if steps is None else positive_int(steps, "steps")
@@ -290,6 +290,7 @@ class PreparedTasks:
                     dloss = (-t * np.einsum("mek,mesk->mes", rho_t * rho_tm1, beta[:, None, :, :] ** 2)
                              if grad else None)
             else:
+                assert self.A is not None and self.Mv is not None and self.Yv is not None  # on == "valid"
                 A, Mv, Yv = self.A[sel], self.Mv[sel], self.Yv[sel]
                 zf = z.reshape(m, E * S, k)
                 Az = (zf @ A).reshape(m, E, S, k)
@@ -303,7 +304,9 @@ class PreparedTasks:
             if np.any(np.isfinite(radii)):
                 truncated = self._truncation(x, theta, beta, nu, etas, radii, t, norm2)
                 if np.any(truncated):
-                    F = self.F_train[sel] if self.on == "train" else self.F_valid[sel]
+                    F_all = self.F_train if self.on == "train" else self.F_valid
+                    assert F_all is not None  # prepared with truncation
+                    F = F_all[sel]
                     nrows = self.n_train if self.on == "train" else self.n_valid
                     vec = np.concatenate([radii[:, None], -Sc], axis=1)             # (S, 1 + r)
                     vec = np.where(np.isfinite(vec), vec, 0.0)
@@ -349,7 +352,7 @@ class PreparedTasks:
         return crossed
 
     def objective(self, etas: Any, sigmas: Any = None, *, objective: str = "final", steps: Optional[int] = None,
-                  grad: bool = True, tasks: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+                  grad: bool = True, tasks: Optional[np.ndarray] = None) -> Dict[str, Any]:
         """Task-averaged meta-objective (S, E) and its meta-gradient, plus per-task values."""
         out = self.losses(etas, sigmas, steps, grad=grad, tasks=tasks)
         t = self.steps if steps is None else steps
@@ -369,7 +372,7 @@ def _powers(x: np.ndarray, theta: np.ndarray, etas: np.ndarray, t: int) -> Tuple
     return rho_t, rho_tm1, phi
 
 
-def _aggregate(out: Dict[str, np.ndarray], objective: str, t: int) -> Dict[str, np.ndarray]:
+def _aggregate(out: Dict[str, Any], objective: str, t: int) -> Dict[str, Any]:
     loss, dloss = out["loss"], out["dloss"]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if objective == "final":
@@ -393,13 +396,13 @@ class _Split:
 
 
 def _prep_chunk(X: np.ndarray, Y: np.ndarray, U: Optional[np.ndarray], splits: Sequence[_Split],
-                steps: int) -> List[Dict[str, np.ndarray]]:
+                steps: int) -> List[Dict[str, Any]]:
     """Ritz data of a chunk of tasks (X: (c, N, d), Y: (c, N, r), U: (c, d)) for every split."""
     c, N, d = X.shape
     r = Y.shape[2]
     n_space = [s.n_train for s in splits if s.n_train <= d]
     P = max(n_space) if n_space else 0
-    K = np.stack([X[i, :P] @ X[i, :P].T for i in range(c)]) if P else None   # (c, P, P), syrk per task
+    K: Any = np.stack([X[i, :P] @ X[i, :P].T for i in range(c)]) if P else None   # (c, P, P), syrk per task
     d_bounds = sorted({s.n_train for s in splits if s.n_train > d})
     H: Dict[int, np.ndarray] = {}
     acc: Optional[np.ndarray] = None
@@ -410,7 +413,7 @@ def _prep_chunk(X: np.ndarray, Y: np.ndarray, U: Optional[np.ndarray], splits: S
         H[b] = acc
         prev = b
     q = None if U is None else np.einsum("cnd,cd->cn", X, U)             # X u, all rows
-    ritz: Dict[int, Tuple[np.ndarray, ...]] = {}
+    ritz: Dict[int, Tuple[Any, ...]] = {}
     out = []
     for s in splits:
         n1, nv = s.n_train, s.n_valid
@@ -508,11 +511,11 @@ def prepare_many(families: Sequence[TaskFamily], steps: int, on: Sequence[str], 
     bounds = _chunks(m, size)
     bar = _progress(m, desc, progress)
 
-    def work(ab: Tuple[int, int]) -> List[Dict[str, np.ndarray]]:
+    def work(ab: Tuple[int, int]) -> List[Dict[str, Any]]:
         X, Y, U, _ = _draw_chunk(families[0], ab[0], ab[1], rows)
         return _prep_chunk(X, Y, U if truncate else None, splits, t)
 
-    parts: List[List[Dict[str, np.ndarray]]] = []
+    parts: List[List[Dict[str, Any]]] = []
     with blas_threads(1), ThreadPoolExecutor(_workers()) as ex:
         for (a, b), res in zip(bounds, ex.map(work, bounds)):
             parts.append(res)
@@ -525,7 +528,7 @@ def prepare_many(families: Sequence[TaskFamily], steps: int, on: Sequence[str], 
     for i, (f, s) in enumerate(zip(families, splits)):
         items = [p[i] for p in parts]
 
-        def cat(key: str) -> Optional[np.ndarray]:
+        def cat(key: str) -> Any:  # an array, or None where the chunks do not have it
             if key not in items[0]:
                 return None
             return np.concatenate([it[key] for it in items], axis=0)
@@ -603,6 +606,7 @@ def _sgd_stack(X: np.ndarray, Y: np.ndarray, U: Optional[np.ndarray], n1: int, n
         loss = quad(Res, Res) / (2.0 * nr)
         dloss = quad(Res, Xs @ V) / nr if grad else None
         if np.any(crossed):
+            assert U is not None  # runs only cross the radius with truncation on
             q = np.einsum("mnd,md->mn", Xs, U)
             Z = np.concatenate([q[:, :, None], Ys], axis=2)
             F = np.swapaxes(Z, 1, 2) @ Z                                      # (m, 1 + r, 1 + r)
@@ -627,7 +631,7 @@ def _sgd_stack_data(family: TaskFamily, idx: Sequence[int], rows: int, steps: in
 
 def _sgd_family_losses(families: Sequence[TaskFamily], on: Sequence[str], etas: np.ndarray, sigmas: np.ndarray,
                        steps: int, batch_size: int, grad: bool, progress: bool, desc: str = "SGD tasks",
-                       tasks: Optional[Sequence[int]] = None) -> List[Dict[str, np.ndarray]]:
+                       tasks: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
     """Per-task SGD meta-losses (m, S, E) for several views of the same tasks (one draw per task)."""
     d, _seed, _stream, m = _family_group(families)
     rows = max(f.n + (f.n_valid if o == "valid" else 0) for f, o in zip(families, on))
@@ -637,7 +641,7 @@ def _sgd_family_losses(families: Sequence[TaskFamily], on: Sequence[str], etas: 
     size = max(1, min(8, int(32e6 // (8.0 * rows * d))))
     chunks = [idx[a:a + size] for a in range(0, len(idx), size)]
 
-    def work(ks: List[int]) -> List[Dict[str, np.ndarray]]:
+    def work(ks: List[int]) -> List[Dict[str, Any]]:
         X, Y, U, bl = _sgd_stack_data(families[0], ks, rows, steps, batch_size, [f.n for f in families])
         res = []
         for f, o, b in zip(families, on, bl):
@@ -645,7 +649,7 @@ def _sgd_family_losses(families: Sequence[TaskFamily], on: Sequence[str], etas: 
             res.append(_sgd_stack(X, Y, U, f.n, f.n_valid, o, b, etas, Sc, radii, steps, grad))
         return res
 
-    per: List[List[Dict[str, np.ndarray]]] = []
+    per: List[List[Dict[str, Any]]] = []
     with blas_threads(1), ThreadPoolExecutor(_workers()) as ex:
         for ks, res in zip(chunks, ex.map(work, chunks)):
             per.append(res)
@@ -678,6 +682,8 @@ def unroll_truncated(X: Optional[np.ndarray], Y: Optional[np.ndarray], etas: np.
         d, J = normal[1].shape
         n = 1
     else:
+        if X is None or Y is None:
+            raise TypeError("unroll_truncated needs X and Y, or normal=(H, B)")
         n, d = X.shape
         J = Y.shape[1]
     etas = np.broadcast_to(np.asarray(etas, dtype=float), (J,))
@@ -690,16 +696,19 @@ def unroll_truncated(X: Optional[np.ndarray], Y: Optional[np.ndarray], etas: np.
         for tau in range(steps):
             if normal is not None:
                 G = normal[0] @ W - normal[1]
-            elif batches is None:
-                G = X.T @ (X @ W - Y) / n
             else:
-                b = batches[tau]
-                G = X[b].T @ (X[b] @ W - Y[b]) / b.size
+                assert X is not None and Y is not None  # given unless normal= is
+                if batches is None:
+                    G = X.T @ (X @ W - Y) / n
+                else:
+                    b = batches[tau]
+                    G = X[b].T @ (X[b] @ W - Y[b]) / b.size
             Wn = W - etas[None, :] * G
             live = at < 0
             Wn[:, ~live] = W[:, ~live]
             hit = live & np.isfinite(radii) & (np.sqrt(np.sum(Wn * Wn, axis=0)) >= radii)
             if np.any(hit):
+                assert u is not None  # finite radii come with a direction
                 Wn[:, hit] = radii[hit][None, :] * u[:, None]
                 at[hit] = tau + 1
             W = Wn
@@ -709,7 +718,7 @@ def unroll_truncated(X: Optional[np.ndarray], Y: Optional[np.ndarray], etas: np.
 
 
 def _engine_losses(family: TaskFamily, on: str, etas: np.ndarray, sigmas: np.ndarray, steps: int, mode: str,
-                   dtype: str, batch_size: Optional[int], grad: bool, progress: bool) -> Dict[str, np.ndarray]:
+                   dtype: str, batch_size: Optional[int], grad: bool, progress: bool) -> Dict[str, Any]:
     """Per-task losses through :func:`metastep.metagrad` (objective "final"), task by task."""
     m, E, S = family.m, etas.size, sigmas.size
     loss = np.empty((m, S, E))
@@ -886,7 +895,7 @@ def _argmin_rows(values: np.ndarray) -> np.ndarray:
     return np.argmin(v, axis=-1)
 
 
-def _grid_result(etas: np.ndarray, sigmas: np.ndarray, res: Dict[str, np.ndarray], on: str, objective: str, t: int,
+def _grid_result(etas: np.ndarray, sigmas: np.ndarray, res: Dict[str, Any], on: str, objective: str, t: int,
                  batch_size: Optional[int], seconds: float) -> GridResult:
     values = res["value"]
     bi = _argmin_rows(values)
@@ -1090,14 +1099,15 @@ def meta_gradient_descent(family: Union[TaskFamily, PreparedTasks], steps: Optio
                                            options, bar, log_value=transform == "log"))
         etas, vals, grads = (np.concatenate([h[i] for h in hist], axis=1) for i in range(3))
     else:
+        assert fam is not None  # SGD needs the family (no PreparedTasks)
         cache = _SGDCache(fam, on, t, positive_int(batch_size, "batch_size"), sel)
 
-        def fun(etas: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        def fun_sgd(etas: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
             r = _aggregate(cache.losses(etas, sg), objective, t)
             return r["value"][diag, diag], r["grad"][diag, diag]
 
         with blas_threads(1):
-            etas, vals, grads = _meta_optimize(fun, np.full(sg.size, eta0), meta_steps, optimizer, lr, parametrization,
+            etas, vals, grads = _meta_optimize(fun_sgd, np.full(sg.size, eta0), meta_steps, optimizer, lr, parametrization,
                                                decay, options, bar, log_value=transform == "log")
     if bar is not None:
         bar.close()
@@ -1118,7 +1128,7 @@ class _SGDCache:
         self.X, self.Y, self.U, bl = _sgd_stack_data(family, idx, rows, steps, batch_size, [family.n])
         self.batches = bl[0]
 
-    def losses(self, etas: np.ndarray, sigmas: np.ndarray) -> Dict[str, np.ndarray]:
+    def losses(self, etas: np.ndarray, sigmas: np.ndarray) -> Dict[str, Any]:
         Sc = np.stack([np.ones_like(sigmas), sigmas], axis=1)
         radii = np.array([self.family.radius_at(float(s)) for s in sigmas])
         return _sgd_stack(self.X, self.Y, self.U if self.family.truncate else None, self.family.n,
@@ -1201,7 +1211,8 @@ def evaluate_many(family: TaskFamily, runs: Sequence[Tuple[float, float]], steps
             Yall = td.y_clean[:, None] + sig[None, :] * td.xi[:, None]
             Xtr, Ytr = td.X[:n1], Yall[:n1]
             Xv, Yv = td.X[n1:n1 + nv], Yall[n1:n1 + nv]
-            Yt = (td.y_test_clean[:, None] + sig[None, :] * td.xi_test[:, None]) if td.X_test is not None else None
+            Yt = (td.y_test_clean[:, None] + sig[None, :] * td.xi_test[:, None]
+                  if td.X_test is not None and td.y_test_clean is not None and td.xi_test is not None else None)
             normal = None
             if n1 in grams:
                 H, Bm = grams[n1] / n1, Xtr.T @ Ytr / n1
@@ -1228,7 +1239,7 @@ def evaluate_many(family: TaskFamily, runs: Sequence[Tuple[float, float]], steps
             store["train"][k, cols] = shape(np.sqrt(mse))
             D = Wall - td.w_star[:, None]
             store["dist2"][k, cols] = shape(np.sum(D * D, axis=0))
-            if Yt is not None:
+            if Yt is not None and td.X_test is not None:
                 Rt = td.X_test @ Wall - rep(Yt)
                 store["test"][k, cols] = shape(np.sqrt(np.mean(Rt * Rt, axis=0)))
             if nv:
@@ -1381,12 +1392,12 @@ def tune_step_size(X: Any, y: Any, *, method: str = "tbv", steps: int = 40, spli
                              C=parts["C"], nu=parts["nu"], yy=parts["yy"], A=parts.get("A"), Mv=parts.get("Mv"),
                              Yv=parts.get("Yv"), F_train=None, F_valid=None, family=None)
 
-        def fun_many(e: np.ndarray, grad: bool) -> Dict[str, np.ndarray]:
+        def fun_many(e: np.ndarray, grad: bool) -> Dict[str, Any]:
             return prep.objective(e, sig, objective=objective, grad=grad)
     else:
         sgd_b = np.stack([api.sgd_batches(n1, batch_size, t, bs_seeds[i]) for i in range(len(perms))])
 
-        def fun_many(e: np.ndarray, grad: bool) -> Dict[str, np.ndarray]:
+        def fun_many(e: np.ndarray, grad: bool) -> Dict[str, Any]:
             raw = _sgd_stack(Xs, Ys, None, n1, nv, on, sgd_b, e, np.ones((1, 1)), np.array([np.inf]), t, grad)
             return _aggregate(raw, objective, t)
 
@@ -1411,7 +1422,9 @@ def tune_step_size(X: Any, y: Any, *, method: str = "tbv", steps: int = 40, spli
         if vb[j] < best:
             eta, best = float(e_hist[j]), float(vb[j])
     # per-step curves at the chosen η (plain unroll on each split)
-    tr_curves, va_curves, w_first = [], [], None
+    tr_curves: List[np.ndarray] = []
+    va_curves: List[np.ndarray] = []
+    w_first: Optional[np.ndarray] = None
     for i in range(len(perms)):
         Xi, yi = Xs[i], Ys[i][:, 0]
         Xtr, ytr, Xv, yv = Xi[:n1], yi[:n1], Xi[n1:], yi[n1:]
@@ -1430,6 +1443,7 @@ def tune_step_size(X: Any, y: Any, *, method: str = "tbv", steps: int = 40, spli
         va_curves.append(va)
         if w_first is None:
             w_first = W[:, 0].copy()
+    assert w_first is not None  # at least one split ran
     return TuningReport(method=method, eta=eta, grid_eta=grid_eta, grid=etas, grid_values=gv, objective_value=best,
                         steps=t, n_train=n1, n_valid=nv, splits=len(perms), train_rmse=np.mean(tr_curves, axis=0),
                         valid_rmse=np.mean(va_curves, axis=0) if nv else None, w=w_first, L=L, meta_gd=mg,

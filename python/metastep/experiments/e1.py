@@ -43,9 +43,9 @@ NAME = "e1"
 D = 20
 MU0 = 0.01
 
-FULL = {"seeds": 10, "K": 1000, "K_ext": 20000, "large": (1000, 1.0), "large_K": 1000,
+FULL: Dict[str, Any] = {"seeds": 10, "K": 1000, "K_ext": 20000, "large": (1000, 1.0), "large_K": 1000,
         "grid_t": (80, 1000), "grid_eta0": (0.01, 0.1, 1.0), "grid_K": 1000}
-QUICK = {"seeds": 3, "K": 1000, "K_ext": 10000, "large": (1000, 1.0), "large_K": 1000,
+QUICK: Dict[str, Any] = {"seeds": 3, "K": 1000, "K_ext": 10000, "large": (1000, 1.0), "large_K": 1000,
          "grid_t": (80, 1000), "grid_eta0": (0.1, 1.0), "grid_K": 300}
 
 #: (mode, dtype) pairs driving meta-training
@@ -231,12 +231,12 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True)
                          "K_crit": {str(r["seed"]): round(r["K_crit_80"]) for r in per_seed}},
                         "no unexplained seed"))
     # the range-safe modes never fail, whatever t and eta0
-    bad = [(k, v["failure"]) for k, v in grid_runs.items() if k[3] in map(lambda p: _label(*p), RANGE_SAFE)
+    failed_runs: List[Tuple[Any, Any]] = [(k, v["failure"]) for k, v in grid_runs.items() if k[3] in map(lambda p: _label(*p), RANGE_SAFE)
            and v["failure"] is not None]
-    bad += [(k, r.failure) for k, r in list(paper_runs.items()) + list(large_runs.items()) if r.failure is not None]
+    failed_runs += [(k, r.failure) for k, r in list(paper_runs.items()) + list(large_runs.items()) if r.failure is not None]
     checks.append(check("exact/float64 and scaled/float32 meta-training: no non-ok or non-finite meta-gradient "
-                        "in any run (paper case, large case, (t, eta0) grid)", not bad,
-                        {"failures": [str(b) for b in bad[:5]], "count": len(bad)}, "0 failures"))
+                        "in any run (paper case, large case, (t, eta0) grid)", not failed_runs,
+                        {"failures": [str(b) for b in failed_runs[:5]], "count": len(failed_runs)}, "0 failures"))
     # plain reverse mode fails where the range-safe modes run
     for lab in ("reverse/float32", "reverse/float64"):
         for t, e0 in ((80, 0.1), (t_big, eta0_big)):
@@ -273,10 +273,10 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True)
         w.writerows(hist)
     with open(os.path.join(exp_dir, "e1_seeds.csv"), "w", newline="") as fh:
         keys = list(per_seed[0])
-        w = csv.DictWriter(fh, fieldnames=keys)
-        w.writeheader()
+        dw = csv.DictWriter(fh, fieldnames=keys)
+        dw.writeheader()
         for r in per_seed:
-            w.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
+            dw.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in r.items()})
     with open(os.path.join(exp_dir, "e1_grid.csv"), "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["seed", "steps", "eta0", "mode", "outcome", "eta_K", "rel_err", "meta_steps_done", "why"])
@@ -475,9 +475,9 @@ def plot(results: Dict[str, Any], out_dir: str) -> List[str]:
               "reverse/float32": ("C3", ":")}
     for lab in labs:
         o = grid[(s0, 80, 0.1, lab)]
-        col, ls = styles[lab]
+        colour, ls = styles[lab]
         k = np.arange(len(o["etas"]))
-        a2.plot(np.maximum(k, 0.8), o["etas"], color=col, ls=ls, lw=1.2, label=lab)
+        a2.plot(np.maximum(k, 0.8), o["etas"], color=colour, ls=ls, lw=1.2, label=lab)
         if o["failure"] is not None:
             a2.plot([max(o["failure"]["meta_step"] - 1, 0.8)], [o["failure"]["eta"]], "X", color="red", ms=12)
             a2.annotate(f"{lab}: {o['failure']['status']}", (max(o["failure"]["meta_step"] - 1, 0.8),

@@ -38,8 +38,8 @@ from . import check, progress_iter, pyplot, write_summary
 NAME = "e2"
 D = 20
 T_LIST = (1, 5, 10, 20, 40, 80, 160, 1000, 10**6)
-FULL = {"seeds": 10}
-QUICK = {"seeds": 3}
+FULL: Dict[str, Any] = {"seeds": 10}
+QUICK: Dict[str, Any] = {"seeds": 3}
 LIMIT_TOL = 1e-4
 ASYMP_TOL = 0.02
 

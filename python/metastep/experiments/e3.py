@@ -99,7 +99,7 @@ def prepare_sweep(families: Sequence[TaskFamily], steps: int, on: Sequence[str],
         raise ValueError("give one 'on' per family and at least one family")
     d, seed, _stream, m = tuning._family_group(families)
     t = int(steps)
-    splits = []
+    splits: List[List[Any]] = []
     for f, o in zip(families, on):
         if o not in ("train", "valid"):
             raise ValueError(f"on must be 'train' or 'valid'; got {o!r}")
@@ -122,7 +122,7 @@ def prepare_sweep(families: Sequence[TaskFamily], steps: int, on: Sequence[str],
     for i, (f, (o, n1, nv)) in enumerate(zip(families, splits)):
         items = [r[i] for r in res.results]
 
-        def cat(key: str) -> Optional[np.ndarray]:
+        def cat(key: str) -> Any:  # an array, or None where the chunks do not have it
             if key not in items[0]:
                 return None
             return np.concatenate([it[key] for it in items], axis=0)
@@ -173,6 +173,7 @@ def tune_and_evaluate(cfg: Dict[str, Any], seed: int, progress: bool, batch_size
     tbt, tbv = families(cfg, seed)
     t0 = time.perf_counter()
     sweep_info: Dict[str, Any] = {}
+    preps: Optional[List[Any]]
     if batch_size is None:
         grids, preps = grid_search_sweep([tbt, tbv], t, ["train", "valid"], sigmas=sig, cells_dir=cells_dir,
                                          workers=workers, scheduler=scheduler, progress=progress,

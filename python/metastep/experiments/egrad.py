@@ -40,9 +40,9 @@ from . import check, pyplot, write_summary
 NAME = "egrad"
 D = 20
 CURVE_T = (10, 40, 80, 160, 1000)
-FULL = {"grid": 600, "fit_etas": 150, "fit_ts": 19, "table_t": (10, 40, 80, 160, 320, 1000, 3000, 10000),
+FULL: Dict[str, Any] = {"grid": 600, "fit_etas": 150, "fit_ts": 19, "table_t": (10, 40, 80, 160, 320, 1000, 3000, 10000),
         "table_objective": "both", "max_cell_seconds": 60.0}
-QUICK = {"grid": 300, "fit_etas": 40, "fit_ts": 7, "table_t": (10, 80, 160, 1000),
+QUICK: Dict[str, Any] = {"grid": 300, "fit_etas": 40, "fit_ts": 7, "table_t": (10, 80, 160, 1000),
          "table_objective": "log", "max_cell_seconds": 5.0}
 RATE_TOL = 0.01
 RATE_MIN = 0.05
@@ -66,7 +66,7 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True)
                                      title=f"E-grad on the paper's random quadratic (d={D}, seed {seed}, "
                                            f"L={L:.2f}): closed form, log domain")
     bound = st.grad_log_bound(paper, grid)
-    ratios = []
+    ratios: List[float] = []
     for lg in curves["log10_abs_G"]:
         with np.errstate(divide="ignore", invalid="ignore"):
             ratios.append(np.nanmax(10.0 ** (np.asarray(lg) - np.log10(bound))))
