@@ -77,6 +77,7 @@ def _reference(problem: Any, args: argparse.Namespace) -> tuple[Optional[tuple],
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """``metastep compare``: one meta-gradient in every mode and precision, errors against a reference."""
     if args.problem == "quadratic":
         problem: Any = problems.random_quadratic(args.d, args.seed)
     else:
@@ -200,6 +201,7 @@ def _run_one(name: str, args: argparse.Namespace, opts: dict) -> dict:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    """``metastep reproduce NAME`` / ``--all``: run experiments, print their checks; 1 when one fails."""
     from . import experiments
     from .sweep import cli_options
     if args.all and args.name not in (None, "all"):
@@ -275,6 +277,7 @@ def _csv_list(text: Optional[str], conv: Any) -> Optional[list]:
 
 
 def cmd_stability(args: argparse.Namespace) -> int:
+    """``metastep stability``: the mode × precision × t × η study against the exact oracle."""
     from . import stability
     from .sweep import cli_options
     steps = _csv_list(args.steps, lambda x: int(float(x)))
@@ -313,6 +316,7 @@ def cmd_stability(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    """``metastep info``: print the build facts (:func:`metastep.build_info`)."""
     from . import build_info
     for k, v in build_info().items():
         print(f"{k:<26} {v}")
@@ -320,6 +324,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``metastep`` command (one sub-command per task)."""
     p = argparse.ArgumentParser(prog="metastep", description="Learning to learn step sizes: meta-gradients of "
                                 "unrolled gradient descent in any precision.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -403,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    """``metastep bench``: time the modes against NumPy/JAX/PyTorch (or the CUDA path with --gpu)."""
     from .bench import ONE_THREAD_ENV, format_gpu_table, format_table, run_bench, run_gpu_bench
     if args.gpu:
         ok, why = api.cuda_available()
@@ -433,6 +439,7 @@ def _bench_argv(args: argparse.Namespace) -> List[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``metastep`` / ``python -m metastep``; returns the exit status (2 on bad input)."""
     from .sweep import SweepError
     args = build_parser().parse_args(argv)
     try:

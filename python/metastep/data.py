@@ -35,13 +35,16 @@ class Dataset:
 
     @property
     def n(self) -> int:
+        """Number of samples."""
         return int(self.X.shape[0])
 
     @property
     def features(self) -> int:
+        """Number of features per sample."""
         return int(self.X.shape[1])
 
     def subset(self, idx: np.ndarray) -> "Dataset":
+        """The samples at ``idx`` (copied, same number of classes)."""
         idx = np.asarray(idx, dtype=np.int64)
         return Dataset(np.ascontiguousarray(self.X[idx]), np.ascontiguousarray(self.y[idx]), self.classes)
 

@@ -67,6 +67,7 @@ class _Problem:
 
     @property
     def has_valid(self) -> bool:
+        """Whether the problem has a validation set (only least squares can have one)."""
         return False
 
 
@@ -123,6 +124,7 @@ class Quadratic(_Problem):
 
     @property
     def d(self) -> int:
+        """Dimension d of w."""
         return int(self.H.shape[0])
 
     @property
@@ -205,18 +207,22 @@ class LeastSquares(_Problem):
 
     @property
     def n(self) -> int:
+        """Number of training rows n."""
         return int(self.X.shape[0])
 
     @property
     def d(self) -> int:
+        """Dimension d of w (columns of X)."""
         return int(self.X.shape[1])
 
     @property
     def n_valid(self) -> int:
+        """Number of validation rows (0 without a validation set)."""
         return 0 if self.X_valid is None else int(self.X_valid.shape[0])
 
     @property
     def has_valid(self) -> bool:
+        """Whether a validation set was given."""
         return self.X_valid is not None
 
     @property

@@ -93,6 +93,7 @@ class UnrollResult:
 
     @property
     def ok(self) -> bool:
+        """True when the unroll stayed within the precision's range (status "ok")."""
         return self.status == "ok"
 
     def __repr__(self) -> str:

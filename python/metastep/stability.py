@@ -285,9 +285,11 @@ class StabilityReport:
 
     @property
     def passed(self) -> bool:
+        """Whether every acceptance check passed."""
         return all(c["passed"] for c in self.checks)
 
     def first_fail_table(self) -> List[Dict[str, Any]]:
+        """Rows (mode, dtype, objective, η, first failing t) of the first-failure table."""
         out = []
         for (mode, dt, obj, eta), t in self.first_fail.items():
             out.append({"mode": mode, "dtype": dt, "objective": obj, "eta": eta, "first_fail_t": t,
@@ -295,9 +297,11 @@ class StabilityReport:
         return out
 
     def markdown(self) -> str:
+        """The study as a Markdown report (tables, skipped cells, notes)."""
         return _markdown(self)
 
     def write(self, out_dir: str) -> Dict[str, str]:
+        """Write the CSV/Markdown/JSON outputs into ``out_dir``; returns their paths by kind."""
         return _write(self, out_dir)
 
 

@@ -125,6 +125,7 @@ class TaskData:
         return self.y_clean + sigma * self.xi
 
     def y_test(self, sigma: float) -> Optional[np.ndarray]:
+        """Test labels at noise level σ (None without test rows)."""
         if self.X_test is None or self.y_test_clean is None or self.xi_test is None:
             return None
         return self.y_test_clean + sigma * self.xi_test
@@ -190,6 +191,7 @@ class TaskFamily:
 
     @property
     def stream_key(self) -> int:
+        """The integer code of the family's random stream (the seed-sequence key)."""
         return stream_code(self.stream)
 
     def with_sigma(self, sigma: float) -> "TaskFamily":
@@ -201,6 +203,7 @@ class TaskFamily:
         return dataclasses.replace(self, n=n, n_valid=n_valid)
 
     def with_m(self, m: int) -> "TaskFamily":
+        """The same family with m tasks (task k is the same draw in both)."""
         return dataclasses.replace(self, m=m)
 
     def fresh(self, m: int, stream: Union[int, str] = "test", n_test: Optional[int] = None) -> "TaskFamily":
@@ -213,6 +216,7 @@ class TaskFamily:
         return truncation_radius(self.sigma, self.truncation_factor) if self.truncate else float("inf")
 
     def radius_at(self, sigma: float) -> float:
+        """Truncation radius at label noise σ (inf when the family does not truncate)."""
         return truncation_radius(sigma, self.truncation_factor) if self.truncate else float("inf")
 
     # ----------------------------------------------------------------- drawing
@@ -266,6 +270,7 @@ class TaskFamily:
         return p
 
     def tasks(self, sigma: Optional[float] = None) -> Iterator[LeastSquares]:
+        """The m tasks in order, as :meth:`task` builds them."""
         for k in range(self.m):
             yield self.task(k, sigma)
 

@@ -236,6 +236,7 @@ class PreparedTasks:
 
     @property
     def m(self) -> int:
+        """Number of tasks m."""
         return int(self.theta.shape[0])
 
     def __repr__(self) -> str:
@@ -776,6 +777,7 @@ class TaskObjective:
 
     @property
     def truncated_fraction(self) -> Any:
+        """Share of tasks whose run was truncated, per step size (and σ)."""
         return np.mean(self.truncated, axis=0)
 
     def __repr__(self) -> str:
@@ -1309,6 +1311,7 @@ class TuningReport:
     seconds: float
 
     def summary(self) -> str:
+        """A human-readable report: method, chosen η, objective value, RMSE curves."""
         long_name = "train-by-validation" if self.method == "tbv" else "train-by-train"
         lines = [f"tune_step_size: method={self.method} ({long_name}), "
                  f"t={self.steps}, n_train={self.n_train}, n_valid={self.n_valid}, splits={self.splits}",
