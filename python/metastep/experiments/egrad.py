@@ -35,7 +35,7 @@ import numpy as np
 
 from .. import api, problems
 from .. import stability as st
-from . import check, pyplot, write_summary
+from . import check, progress_iter, pyplot, write_summary
 
 NAME = "egrad"
 D = 20
@@ -91,7 +91,8 @@ def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True)
     panels = []
     fit_rows = []
     literal_devs = []
-    for name, prob in (("paper", paper), ("study", study), ("conditioned", conditioned)):
+    for name, prob in progress_iter((("paper", paper), ("study", study), ("conditioned", conditioned)), progress,
+                                    "E-grad growth-rate fits", total=3):
         Lp = prob.L
         etas = np.linspace(0.02, 3.0, cfg["fit_etas"]) / Lp
         fit = st.fit_growth_rate(prob, etas, ts=ts)
