@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="run one of the paper's experiments (data, figures, checks)",
                        description="Reproduce an experiment of the paper (SPEC section 8): writes data (CSV/JSON), "
                        "figures (PNG) and OUT/<name>/summary.json, prints the checks; the exit status is 1 when a "
-                       "check fails.")
+                       "check fails. --all runs every experiment into OUT and writes OUT/index.html and "
+                       "OUT/index.md (each figure beside its claim, checks, run times, rerun commands).")
     r.add_argument("name", nargs="?", choices=list(EXPERIMENTS) + ["all"],
                    help="experiment: " + ", ".join(EXPERIMENTS) + "; 'all' (= --all) runs every one")
     r.add_argument("--all", action="store_true",
