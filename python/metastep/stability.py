@@ -931,7 +931,9 @@ def plot_growth_rates(panels: List[Dict[str, Any]], path: str, title: str = "") 
         b.legend(fontsize=7)
         b.grid(alpha=0.3)
     if title:
-        fig.suptitle(title, fontsize=10)
+        import textwrap
+        # about 12 characters per inch of figure width, so a one-panel figure keeps its whole title
+        fig.suptitle("\n".join(textwrap.wrap(title, max(40, int(12 * 5.2 * len(panels))))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
