@@ -127,3 +127,23 @@ def test_reproduce_all_keeps_the_positional_form(tmp_path, monkeypatch, capsys):
     assert cli.main(["reproduce", "all", "--out", str(tmp_path), "--no-progress"]) == 0
     assert os.path.exists(tmp_path / "index.md")
     capsys.readouterr()
+
+
+def _readme_block(heading):
+    import pathlib
+    readme = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+    if not readme.exists():
+        pytest.skip("needs the source tree (README.md)")
+    text = readme.read_text(encoding="utf-8").split(heading, 1)[1]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_quick_tour_runs_as_written(capsys):
+    """The README's five-call tour is executed verbatim; its printed results are the ones it quotes."""
+    exec(compile(_readme_block("## Quick tour"), "README quick tour", "exec"), {})
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("23.795") and out[0].endswith(" ok")
+    assert out[1] == "non-finite: loss at step 28"
+    eta, eta_star = map(float, out[2].split())
+    assert abs(eta - eta_star) / eta_star < 0.01
+    assert "train-by-validation" in out[3]
