@@ -92,6 +92,7 @@ def pyplot() -> Any:
 
 
 def progress_iter(it: Any, progress: bool, desc: str, total: Any = None) -> Any:
+    """``it`` wrapped in a tqdm progress bar labelled ``desc`` when ``progress`` (else ``it`` itself)."""
     if not progress:
         return it
     from tqdm.auto import tqdm

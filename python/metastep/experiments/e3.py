@@ -257,11 +257,13 @@ def engine_check(cfg: Dict[str, Any], seed: int, preps: Sequence[Any], sigma: fl
 
 
 def stats(a: np.ndarray) -> Dict[str, float]:
+    """Mean, min, max and sample standard deviation of ``a`` (std 0 for one value)."""
     return {"mean": float(np.mean(a)), "min": float(np.min(a)), "max": float(np.max(a)),
             "std": float(np.std(a, ddof=1)) if a.size > 1 else 0.0}
 
 
 def result_rows(res: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """One summary row per (method, σ): chosen η (grid and meta-GD) and train/test RMSE statistics."""
     rows = []
     for mth in METHODS:
         g = res["grid"][mth]
@@ -282,6 +284,7 @@ def result_rows(res: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def write_csvs(res: Dict[str, Any], exp_dir: str, name: str) -> List[str]:
+    """Write the grid search, meta-GD and evaluation tables as ``<name>_*.csv``; returns their paths."""
     paths = []
     p = os.path.join(exp_dir, f"{name}_grid.csv")
     with open(p, "w", newline="") as fh:
