@@ -284,7 +284,7 @@ def result_rows(res: Dict[str, Any]) -> List[Dict[str, Any]]:
 
 
 def write_csvs(res: Dict[str, Any], exp_dir: str, name: str) -> List[str]:
-    """Write the grid search, meta-GD and evaluation tables as ``<name>_*.csv``; returns their paths."""
+    """Write the grid search, RMSE curves, per-(method, σ) results and meta-GD tables as ``<name>_*.csv``."""
     paths = []
     p = os.path.join(exp_dir, f"{name}_grid.csv")
     with open(p, "w", newline="") as fh:
