@@ -76,6 +76,8 @@ def test_index_writer_on_fake_summaries(tmp_path):
     assert imgs == ["e1/e1_a.png", "e1/e1_b.png", "e2/e2_a.png"]
     for src in imgs:
         assert not os.path.isabs(src) and os.path.exists(os.path.join(out, src))
+    # tables and data linked relatively too
+    assert "[summary.json](e1/summary.json)" in md and '<a href="e2/summary.json">' in page
     # self-contained: no external resources
     assert "http://" not in page and "https://" not in page and "<script" not in page
     assert page.count('class="FAIL"') >= 2 and 'class="ERROR"' in page

@@ -138,6 +138,15 @@ def _figures(out_dir: str, run: ExperimentRun) -> List[str]:
     return out
 
 
+def _data_files(out_dir: str, run: ExperimentRun) -> List[str]:
+    """The experiment's tables and data (CSV, Markdown, JSON) relative to ``out_dir``."""
+    exp_dir = os.path.join(out_dir, run.name)
+    found = []
+    for ext in ("md", "csv", "json"):
+        found += sorted(glob.glob(os.path.join(exp_dir, f"*.{ext}")))
+    return [os.path.relpath(p, out_dir).replace(os.sep, "/") for p in found]
+
+
 def _caption(name: str, fig: str) -> str:
     return CAPTIONS.get(os.path.basename(fig), CLAIMS.get(name, ""))
 
@@ -200,6 +209,9 @@ def write_index(out_dir: str, runs: Sequence[ExperimentRun], title: str = "metas
             md.append("")
         for fig in _figures(out_dir, r):
             md += [f"![{os.path.basename(fig)}]({fig})", "", f"*{_caption(r.name, fig)}*", ""]
+        data = _data_files(out_dir, r)
+        if data:
+            md += ["Tables and data: " + ", ".join(f"[{os.path.basename(f)}]({f})" for f in data), ""]
     md_path = os.path.join(out_dir, "index.md")
     with open(md_path, "w", encoding="utf-8") as fh:
         fh.write("\n".join(md).rstrip() + "\n")
@@ -245,6 +257,10 @@ def write_index(out_dir: str, runs: Sequence[ExperimentRun], title: str = "metas
         for fig in _figures(out_dir, r):
             h.append(f"<figure><img src=\"{e(fig)}\" alt=\"{e(os.path.basename(fig))}\">"
                      f"<figcaption>{e(_caption(r.name, fig))}</figcaption></figure>")
+        data = _data_files(out_dir, r)
+        if data:
+            h.append("<p>Tables and data: " + ", ".join(f"<a href=\"{e(f)}\">{e(os.path.basename(f))}</a>"
+                                                       for f in data) + "</p>")
     h.append("</body></html>")
     html_path = os.path.join(out_dir, "index.html")
     with open(html_path, "w", encoding="utf-8") as fh:
