@@ -513,3 +513,31 @@ def test_initial_output_layer_scale(digits_split):
     np.testing.assert_array_equal(c.theta, learned.init_network(learned.DIGITS_SIZES, 2))
     with pytest.raises(ValueError, match="init_output_scale"):
         learned.meta_train(pool, init_output_scale=-1.0, **kw)
+
+
+def test_stall_restarts(digits_split):
+    """A meta-step size that throws φ where it drives the networks to chance level with vanishing
+    meta-gradients: meta-training restarts from a fresh optimizer, exactly where the rule says."""
+    pool, _ = digits_split
+    kw = dict(method="tbt", n_train=100, meta_steps=12, len_base=10, len_mean=0, trunc_base=4, trunc_mean=0,
+              progress=False, seed=2, lr=3.0)
+    o = learned.meta_train(pool, stall_steps=2, **kw)
+    plain = learned.meta_train(pool, **kw)
+    restarts = o.config["stall"]["restarts"]
+    assert len(restarts) >= 1
+    h, ph = o.history, plain.history
+    k0 = restarts[0]["meta_step"]
+    np.testing.assert_array_equal(h["meta_loss"][:k0], ph["meta_loss"][:k0])
+    assert not np.array_equal(h["meta_loss"][k0:], ph["meta_loss"][k0:])
+    chance = np.log(10)
+    for i, r in enumerate(restarts):
+        k = r["meta_step"]
+        assert r["seed"] == 2 + 104729 * (i + 1)
+        for j in (k - 2, k - 1):  # the two meta-steps before the restart (0-based indices)
+            assert h["final_train_loss"][j] >= 0.98 * chance
+            assert h["grad_norm"][j] < 0.05 * np.median(h["grad_norm"][:j])
+        # the next meta-step starts a new task from a fresh network
+        assert h["inner_step0"][k] == 0 and h["task"][k] == h["task"][k - 1] + 1
+    assert "stall" not in plain.config
+    with pytest.raises(ValueError, match="stall_level"):
+        learned.meta_train(pool, stall_steps=1, stall_level=1.5, **kw)
