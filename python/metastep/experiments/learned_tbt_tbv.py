@@ -7,7 +7,10 @@ Protocol (one setting = sample size n per task and label-noise fraction):
    if any, replaces that fraction of the pool's labels by uniform random labels.
 2. Meta-training (SPEC §7, first-order truncated back-propagation, RMSProp 1e−2, clipping at
    ±1e4): every task draws n rows of the pool and a fresh network. TbT trains and scores the
-   meta-loss on all n rows; TbV trains on n/2 and scores on the other n/2 (as E3).
+   meta-loss on all n rows; TbV trains on n/2 and scores on the other n/2 (as E3). Both start
+   from the same optimizer: Glorot first layer, zero output layer (``INIT_OUTPUT_SCALE``), and
+   both restart from a fresh optimizer if the inner networks sit at chance level with vanishing
+   meta-gradients for ``STALL_STEPS`` meta-steps (reported; it did not trigger in the default runs).
 3. SGD's step size is tuned by grid search on the validation loss of the same n/2 + n/2 split.
 4. Evaluation: ≥ 5 runs; run r draws n rows of the pool (the same rows and the same network
    initialization for every optimizer), trains for ``eval_steps`` minibatch steps and records
@@ -42,7 +45,10 @@ ESTIMATOR = "first"
 #: consecutive meta-steps with the inner training loss at chance level after which meta-training
 #: restarts from a fresh optimizer (see :func:`metastep.learned.meta_train`; same rule for TbT and TbV)
 STALL_STEPS = 3
-#: scale of the optimizer's initial output layer (see :func:`metastep.learned.meta_train`)
+#: scale of the optimizer's initial output layer (see :func:`metastep.learned.meta_train`). With
+#: the Glorot output layer (1.0) a random optimizer moves every coordinate by up to ~0.01 per step
+#: with a large component common to all coordinates; it drove fresh networks to chance level, where
+#: every meta-gradient vanishes, and stalled TbV in E6. Zero: the optimizer starts with no update.
 INIT_OUTPUT_SCALE = 0.0
 
 #: meta-training/evaluation scales (``n`` and ``noise`` come from the experiment)
