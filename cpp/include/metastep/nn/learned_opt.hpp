@@ -67,6 +67,17 @@ template <class S>
 class LearnedOpt {
  public:
   explicit LearnedOpt(const Layout& lay) : lay_(lay) {}
+  // Everything but the layout is scratch filled by step_forward() (and hp_/op_ may point into a
+  // caller's tape): a copy starts empty rather than sharing the source's pointers.
+  LearnedOpt(const LearnedOpt& o) : lay_(o.lay_) {}
+  LearnedOpt& operator=(const LearnedOpt& o) {
+    if (this != &o) {
+      lay_ = o.lay_;
+      hp_ = &Hpre_;
+      op_ = &Out_;
+    }
+    return *this;
+  }
 
   // One update from state (θ, M, V, s) with gradient g: fills Mp, Vp (the new moments) and u
   // (θ_{s+1} = θ − u). Keeps the intermediates for step_backward(). hidden, out: optional
