@@ -214,8 +214,9 @@ def test_meta_train_is_deterministic_and_reports(digits_split, tmp_path):
 
 def test_clipping_is_counted_not_hidden(digits_split):
     pool, _ = digits_split
+    # a Glorot output layer (with a zero one the first meta-gradient is 0 on W1 and b1)
     kw = dict(method="tbt", n_train=100, meta_steps=3, len_base=5, len_mean=0, trunc_base=5, trunc_mean=0,
-              progress=False, seed=1)
+              progress=False, seed=1, init_output_scale=1.0)
     free = learned.meta_train(pool, **kw)
     assert free.clipped_total == 0
     tight = learned.meta_train(pool, clip=1e-12, **kw)
@@ -451,3 +452,93 @@ def test_checkpoint_selection_and_rollback(digits_split):
     np.testing.assert_array_equal(plain.history["meta_loss"], ref.history["meta_loss"])
     with pytest.raises(ValueError, match="select_on"):
         learned.meta_train(pool, method="tbt", n_train=50, meta_steps=1, select_every=1, progress=False)
+
+
+def test_kernel_paths_agree_bitwise(digits_split):
+    """The AVX2 and the portable builds of the optimizer-MLP kernels add the same terms in the
+    same order without fused multiply-adds, so meta-gradients, inner states and training curves
+    agree bit for bit, in both precisions, also when the number of coordinates is not a multiple
+    of the kernels' row blocking (64-7-10: 535 coordinates)."""
+    from metastep import _core
+    if _core.nn_kernel_path("auto") != "avx2":
+        pytest.skip("this CPU or build has no AVX2 kernel path to compare")
+    pool, _ = digits_split
+    tr, me = pool.subset(np.arange(60)), pool.subset(np.arange(60, 120))
+    phi = learned.init_optimizer(4) + 0.3 * np.random.default_rng(7).standard_normal(learned.NUM_OPT_PARAMS)
+    opt = learned.LearnedOptimizer(phi)
+    out = {}
+    try:
+        for path in ("avx2", "portable"):
+            assert _core.nn_kernel_path(path) == path
+            for dt in ("float32", "float64"):
+                for sizes in (learned.DIGITS_SIZES, (64, 7, 10)):
+                    r = learned.meta_gradient(phi, tr, me, length=6, sizes=sizes, meta_batch=16, seed=3, dtype=dt)
+                    c = learned.train_curve(opt, tr, me, steps=12, record_every=4, sizes=sizes, dtype=dt)
+                    out[path, dt, sizes] = (r.meta_loss, r.grad, r.state["theta"], r.state["M"], c.theta, c.test_loss)
+    finally:
+        _core.nn_kernel_path("auto")
+    assert _core.nn_kernel_path() == "avx2"
+    for (path, dt, sizes), ref in out.items():
+        if path == "avx2":
+            for a, b in zip(ref, out["portable", dt, sizes]):
+                np.testing.assert_array_equal(a, b)
+            assert np.any(ref[1] != 0)
+    with pytest.raises(ValueError, match="path must be"):
+        _core.nn_kernel_path("sse9")
+
+
+def test_kernel_path_from_environment():
+    import subprocess
+    import sys
+    code = "from metastep import _core; print(_core.nn_kernel_path())"
+    env = dict(os.environ, METASTEP_NN_KERNELS="portable")
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "portable"
+
+
+def test_initial_output_layer_scale(digits_split):
+    pool, _ = digits_split
+    kw = dict(method="tbt", n_train=50, meta_steps=0, progress=False, seed=9, dtype="float64")
+    ref = learned.init_optimizer(9)
+    hidden = slice(0, 31 * 32 + 32)
+    small = learned.meta_train(pool, **kw)  # default: the Glorot output layer scaled by 0.1
+    np.testing.assert_array_equal(small.phi[hidden], ref[hidden])
+    np.testing.assert_array_equal(small.phi[hidden.stop:], 0.1 * ref[hidden.stop:])
+    np.testing.assert_array_equal(learned.meta_train(pool, init_output_scale=1.0, **kw).phi, ref)
+    zero = learned.meta_train(pool, init_output_scale=0.0, **kw)
+    np.testing.assert_array_equal(zero.phi[hidden], ref[hidden])
+    assert not np.any(zero.phi[hidden.stop:]) and np.any(ref[hidden.stop:])
+    # a zero output layer makes no update: the network stays where it started
+    tr = pool.subset(np.arange(40))
+    c = learned.train_curve(zero, tr, tr, steps=5, record_every=5, init_seed=2, dtype="float64")
+    np.testing.assert_array_equal(c.theta, learned.init_network(learned.DIGITS_SIZES, 2))
+    with pytest.raises(ValueError, match="init_output_scale"):
+        learned.meta_train(pool, init_output_scale=-1.0, **kw)
+
+
+def test_stall_restarts(digits_split):
+    """A meta-step size that throws φ where it drives the networks to chance level with vanishing
+    meta-gradients: meta-training restarts from a fresh optimizer, exactly where the rule says."""
+    pool, _ = digits_split
+    kw = dict(method="tbt", n_train=100, meta_steps=12, len_base=10, len_mean=0, trunc_base=4, trunc_mean=0,
+              progress=False, seed=2, lr=3.0, init_output_scale=0.0)
+    o = learned.meta_train(pool, stall_steps=2, **kw)
+    plain = learned.meta_train(pool, **kw)
+    restarts = o.config["stall"]["restarts"]
+    assert len(restarts) >= 1
+    h, ph = o.history, plain.history
+    k0 = restarts[0]["meta_step"]
+    np.testing.assert_array_equal(h["meta_loss"][:k0], ph["meta_loss"][:k0])
+    assert not np.array_equal(h["meta_loss"][k0:], ph["meta_loss"][k0:])
+    chance = np.log(10)
+    for i, r in enumerate(restarts):
+        k = r["meta_step"]
+        assert r["seed"] == 2 + 104729 * (i + 1)
+        for j in (k - 2, k - 1):  # the two meta-steps before the restart (0-based indices)
+            assert h["final_train_loss"][j] >= 0.98 * chance
+            assert h["grad_norm"][j] < 0.05 * np.median(h["grad_norm"][:j])
+        # the next meta-step starts a new task from a fresh network
+        assert h["inner_step0"][k] == 0 and h["task"][k] == h["task"][k - 1] + 1
+    assert "stall" not in plain.config
+    with pytest.raises(ValueError, match="stall_level"):
+        learned.meta_train(pool, stall_steps=1, stall_level=1.5, **kw)

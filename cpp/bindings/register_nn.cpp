@@ -349,6 +349,24 @@ void register_nn(py::module_& m) {
   m.def("lopt_init_params", [](std::uint64_t seed) { return out_vec<double>(nn::init_opt_params<double>(seed)); },
         py::arg("seed"));
   m.attr("lopt_num_params") = nn::kOptParams;
+  m.def(
+      "nn_kernel_path",
+      [](const std::string& path) {
+        if (path == "portable") {
+          nn::kernel::set_portable(true);
+        } else if (path == "auto") {
+          nn::kernel::set_portable(false);
+        } else if (path == "avx2") {
+          if (!nn::kernel::have_avx2()) throw std::invalid_argument("this CPU (or build) has no AVX2 kernel path");
+          nn::kernel::set_portable(false);
+        } else if (!path.empty()) {
+          throw std::invalid_argument("path must be 'auto', 'avx2', 'portable' or '' (query), not '" + path + "'");
+        }
+        return std::string(nn::kernel::use_avx2() ? "avx2" : "portable");
+      },
+      py::arg("path") = std::string(),
+      "Select the learned optimizer's kernel build ('auto', 'avx2' or 'portable'; '' only queries) and return "
+      "the one in use. Also settable at start-up with METASTEP_NN_KERNELS=portable.");
   bind_nn<double>(m, "float64");
   bind_nn<float>(m, "float32");
 }

@@ -287,6 +287,9 @@ class LearnedOptimizer:
                        int(meta["nonfinite_total"]), list(meta["nonfinite_events"]), float(meta["seconds"]))
 
 
+#: W2 and b2 of the optimizer MLP in φ (the 32 → 2 output layer)
+_OUTPUT_LAYER = slice(31 * 32 + 32, NUM_OPT_PARAMS)
+
 _HISTORY_KEYS = ("meta_step", "task", "length", "inner_step0", "clipped", "meta_loss", "grad_norm",
                  "final_train_loss", "finite")
 
@@ -298,7 +301,8 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
                lr: float = 1e-2, rms_decay: float = 0.9, rms_bias_correction: bool = True, clip: float = 1e4,
                es_pairs: int = 8,
                es_sigma: float = 0.01, select_every: int = 0, select_on: Optional[Tuple[Dataset, Dataset]] = None,
-               select_steps: int = 1000, rollback: float = 0.0, progress: bool = True,
+               select_steps: int = 1000, rollback: float = 0.0, stall_steps: int = 0, stall_level: float = 0.98,
+               stall_grad: float = 0.05, init_output_scale: float = 0.1, progress: bool = True,
                desc: Optional[str] = None) -> LearnedOptimizer:
     """Meta-train the optimizer by truncated unrolls (SPEC §7).
 
@@ -321,6 +325,26 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
     checkpoint whose score exceeds the best one by more than ``rollback`` (relative) restarts the
     meta-training from the best φ (RMSProp statistics reset, new tasks); restarts are counted in
     ``config["selection"]["restarts"]``.
+
+    Initialization: φ0 (default ``init_optimizer(seed)``) with its output layer (W2, b2) scaled
+    by ``init_output_scale`` (default 0.1). With 1 (Glorot) a random φ already moves every
+    coordinate by up to ~0.01 per step, with a large component common to all coordinates (the 9
+    time features and the positive moment features are the same or of one sign everywhere), which
+    often drives a fresh network to chance level (or to divergence) before meta-training has
+    learned anything. With 0.1 that drift is ten times slower; with 0 the initial optimizer makes
+    no update at all and the first meta-gradients reach only the output layer.
+
+    Stall restarts (optional, ``stall_steps > 0``): an optimizer can drive the inner network to
+    chance level (all ReLUs dead or all weights shrunk to ~0: training loss ≈ log(classes) and
+    every gradient, hence the meta-gradient, ≈ 0), after which no meta-gradient can move it away
+    and it kills every fresh network too. When ``stall_steps`` consecutive meta-steps end their
+    truncation with the inner training loss at or above ``stall_level``·log(classes) *and* a
+    meta-gradient norm below ``stall_grad`` times the median norm of all earlier meta-steps, the
+    meta-training restarts from a fresh optimizer (the initialization above with seed
+    ``seed + 104729·r`` for the r-th restart; RMSProp statistics reset, a new task); the
+    meta-step budget is not extended.
+    The same rule applies to both methods; restarts are listed in ``config["stall"]``, and the
+    checkpoint selection (if on) ranges over all of them.
     """
     import time
     if method not in ("tbt", "tbv"):
@@ -351,7 +375,16 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
             raise ValueError(f"{k} must be finite and non-negative")
     if not 0 <= cfg["rms_decay"] < 1:
         raise ValueError("rms_decay must be in [0, 1)")
-    phi = init_optimizer(seed) if phi0 is None else _vec(phi0, NUM_OPT_PARAMS, "phi0")
+    init_output_scale = float(init_output_scale)
+    if not (math.isfinite(init_output_scale) and init_output_scale >= 0):
+        raise ValueError("init_output_scale must be finite and non-negative")
+
+    def _init(sd: int) -> np.ndarray:
+        p = init_optimizer(sd)
+        p[_OUTPUT_LAYER] *= init_output_scale
+        return p
+
+    phi = _init(seed) if phi0 is None else _vec(phi0, NUM_OPT_PARAMS, "phi0")
     t0 = time.perf_counter()
     trainer = getattr(_core, f"MetaTrainer_{dt}")(s, pool.X, pool.y, phi, cfg)
     records: List[Dict[str, Any]] = []
@@ -371,6 +404,16 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
         select_steps = _posint(select_steps, "select_steps")
     selection: List[Dict[str, Any]] = []
     best_phi = None
+    stall_steps = _posint(stall_steps, "stall_steps", 0)
+    stall_level, stall_grad = float(stall_level), float(stall_grad)
+    if not (0 < stall_level <= 1):
+        raise ValueError("stall_level must be in (0, 1]")
+    if not (0 < stall_grad < math.inf):
+        raise ValueError("stall_grad must be positive and finite")
+    norms: List[float] = []
+    chance = math.log(s[-1])
+    stall_run = 0
+    stalls: List[Dict[str, Any]] = []
 
     def _score(k: int) -> None:
         nonlocal best_phi
@@ -395,18 +438,32 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
             bar.set_postfix(meta_loss=f"{rec['meta_loss']:.3f}", refresh=False)
         if select_every and (k % select_every == 0 or k == meta_steps):
             _score(k)
+        if stall_steps:
+            stalled = (rec["finite"] and rec["final_train_loss"] >= stall_level * chance and bool(norms)
+                       and rec["grad_norm"] < stall_grad * float(np.median(norms)))
+            if rec["finite"]:
+                norms.append(float(rec["grad_norm"]))
+            stall_run = stall_run + 1 if stalled else 0
+            if stall_run >= stall_steps and k < meta_steps:
+                new_seed = (seed + 104729 * (len(stalls) + 1)) % 2 ** 64
+                trainer.restart_from(_init(new_seed))
+                stalls.append({"meta_step": k, "seed": new_seed})
+                stall_run = 0
     if bar is not None:
         bar.close()
     hist = {k: np.array([r[k] for r in records]) for k in _HISTORY_KEYS}
     events = [{"meta_step": r["meta_step"], "quantity": r["nonfinite_quantity"], "inner_step": r["nonfinite_step"]}
               for r in records if not r["finite"]]
     config = dict(cfg, method=method, sizes=s, dtype=dt, meta_steps=meta_steps)
+    if stall_steps:
+        config["stall"] = {"steps": stall_steps, "level": stall_level, "grad": stall_grad, "restarts": stalls}
+    config["init_output_scale"] = init_output_scale
     phi_out = trainer.phi
     if select_every:
         best = min(selection, key=lambda e: e["score"])
         config["selection"] = {"every": select_every, "steps": select_steps, "scores": selection,
                                "chosen_meta_step": best["meta_step"], "rollback": rollback,
-                               "restarts": int(trainer.restarts)}
+                               "restarts": int(trainer.restarts) - len(stalls)}
         phi_out = best_phi
     return LearnedOptimizer(phi_out, method, config, hist, int(trainer.clipped_total),
                             int(trainer.nonfinite_total), events, time.perf_counter() - t0)

@@ -67,14 +67,28 @@ template <class S>
 class LearnedOpt {
  public:
   explicit LearnedOpt(const Layout& lay) : lay_(lay) {}
+  // Everything but the layout is scratch filled by step_forward() (and hp_/op_ may point into a
+  // caller's tape): a copy starts empty rather than sharing the source's pointers.
+  LearnedOpt(const LearnedOpt& o) : lay_(o.lay_) {}
+  LearnedOpt& operator=(const LearnedOpt& o) {
+    if (this != &o) {
+      lay_ = o.lay_;
+      hp_ = &Hpre_;
+      op_ = &Out_;
+    }
+    return *this;
+  }
 
   // One update from state (θ, M, V, s) with gradient g: fills Mp, Vp (the new moments) and u
-  // (θ_{s+1} = θ − u). Keeps the intermediates for step_backward(). hidden: if non-null and
-  // non-empty, the first-layer pre-activations of this very step, computed earlier and kept by
-  // the caller (moved in: the P×22×32 product is skipped); if non-null and empty, they are
-  // copied out for the caller to keep.
+  // (θ_{s+1} = θ − u). Keeps the intermediates for step_backward(). hidden, out: optional
+  // caller-owned homes of this step's first-layer pre-activations (P × 32) and MLP outputs
+  // (P × 2), e.g. a tape reused across calls. With cached = false they are computed into them
+  // (no copy); with cached = true they hold the values of an earlier call on the very same
+  // inputs and are read instead of recomputed (the P×22×32 product and the 32 → 2 layer are
+  // skipped; the results are bitwise the same). They must outlive step_backward().
   void step_forward(const Vec<S>& phi, const Vec<S>& theta, const Vec<S>& g, const MatC<S>& M, const MatC<S>& V,
-                    std::int64_t s, MatC<S>& Mp, MatC<S>& Vp, Vec<S>& u, MatR<S>* hidden = nullptr) {
+                    std::int64_t s, MatC<S>& Mp, MatC<S>& Vp, Vec<S>& u, MatR<S>* hidden = nullptr,
+                    MatC<S>* out = nullptr, bool cached = false) {
     const Index P = lay_.n_params;
     Mp.resize(P, kBetas);
     Vp.resize(P, kBetas);
@@ -110,20 +124,21 @@ class LearnedOpt {
     auto W1t = w1(phi).bottomRows(kTimeFeatures);
     Eigen::Matrix<S, 1, kHidden> bias = Eigen::Map<const Eigen::Matrix<S, 1, kHidden>>(phi.data() + kB1);
     bias.noalias() += tf * W1t;
-    if (hidden && hidden->size() > 0) {
-      Hpre_.swap(*hidden);
-    } else {
-      Hpre_.resize(P, kHidden);
+    hp_ = hidden ? hidden : &Hpre_;
+    op_ = out ? out : &Out_;
+    const bool reuse = cached && hidden && out;
+    if (!reuse) {
+      hp_->resize(P, kHidden);
       // rows 0..21 of the row-major 31×32 W1 are the coordinate-feature weights
-      kernel::hidden_forward<S>(F_.data(), F_.outerStride(), P, phi.data() + kW1, bias.data(), Hpre_.data());
-      if (hidden) *hidden = Hpre_;
+      kernel::hidden_forward<S>(F_.data(), F_.outerStride(), P, phi.data() + kW1, bias.data(), hp_->data());
+      H_ = hp_->cwiseMax(S(0));
+      op_->noalias() = H_ * w2(phi);
+      op_->col(0).array() += phi[kB2];
+      op_->col(1).array() += phi[kB2 + 1];
     }
-    H_ = Hpre_.cwiseMax(S(0));
-    Out_.noalias() = H_ * w2(phi);
-    Out_.col(0).array() += phi[kB2];
-    Out_.col(1).array() += phi[kB2 + 1];
-    E_ = (S(kOutScale) * Out_.col(1)).array().exp();
-    u = S(kOutScale) * Out_.col(0).cwiseProduct(E_);
+    const MatC<S>& Out = *op_;
+    E_ = (S(kOutScale) * Out.col(1)).array().exp();
+    u = S(kOutScale) * Out.col(0).cwiseProduct(E_);
   }
 
   // Adjoints: given ubar = dJ/du (so dJ/dθ_{s+1} = −ubar) and the adjoints Mpb, Vpb of the new
@@ -135,12 +150,12 @@ class LearnedOpt {
     const Index P = lay_.n_params;
     Ob_.resize(P, 2);
     Ob_.col(0) = S(kOutScale) * ubar.cwiseProduct(E_);
-    Ob_.col(1) = S(kOutScale * kOutScale) * ubar.cwiseProduct(Out_.col(0)).cwiseProduct(E_);
+    Ob_.col(1) = S(kOutScale * kOutScale) * ubar.cwiseProduct(op_->col(0)).cwiseProduct(E_);
     phib[kB2] += Ob_.col(0).sum();
     phib[kB2 + 1] += Ob_.col(1).sum();
     Hb_.resize(P, kHidden);
     Eigen::Matrix<S, 1, kHidden> hsum = Eigen::Matrix<S, 1, kHidden>::Zero();
-    kernel::output_backward<S>(Hpre_.data(), Ob_.data(), Ob_.data() + Ob_.outerStride(), P, phi.data() + kW2,
+    kernel::output_backward<S>(hp_->data(), Ob_.data(), Ob_.data() + Ob_.outerStride(), P, phi.data() + kW2,
                                Hb_.data(), phib.data() + kW2, hsum.data());
     Eigen::Map<Eigen::Matrix<S, kFeatures, kHidden, Eigen::RowMajor>> W1b(phib.data() + kW1);
     kernel::weight_grad<S>(F_.data(), F_.outerStride(), P, Hb_.data(), phib.data() + kW1);
@@ -183,7 +198,7 @@ class LearnedOpt {
 
   const MatC<S>& features() const { return F_; }
   const Eigen::Matrix<S, 1, kTimeFeatures>& time_features() const { return tf_; }
-  const MatC<S>& outputs() const { return Out_; }
+  const MatC<S>& outputs() const { return *op_; }
 
  private:
   static Eigen::Map<const Eigen::Matrix<S, kFeatures, kHidden, Eigen::RowMajor>> w1(const Vec<S>& phi) {
@@ -196,6 +211,8 @@ class LearnedOpt {
   MatC<S> R_, F_, Out_, Ob_, Fb_, Rb_;
   MatR<S> inv_norm_, Hpre_, H_, Hb_;  // P × 32, row-major for the per-coordinate kernels
   std::vector<S> Wt_;
+  MatR<S>* hp_ = &Hpre_;  // pre-activations of the last step_forward (Hpre_ or the caller's)
+  MatC<S>* op_ = &Out_;   // its MLP outputs
   Vec<S> E_;
   Eigen::Matrix<S, 1, kTimeFeatures> tf_;
 };

@@ -47,6 +47,7 @@ struct Tape {
   std::vector<MatC<S>> M, V;
   std::vector<Vec<S>> gmeta;    // ∇ℓ_meta(θ_{s+1}), computed in the forward pass
   std::vector<MatR<S>> hidden;  // optimizer-MLP pre-activations per step (when within the memory budget)
+  std::vector<MatC<S>> out;     // optimizer-MLP outputs per step (with hidden)
 };
 
 //: memory the tape may spend on cached optimizer-MLP pre-activations (P × 32 per step); beyond
@@ -107,13 +108,18 @@ class Unroller {
                  const std::vector<Vec<S>>* frozen_g, std::vector<Vec<S>>* g_out, MetaGrad<S>& res) {
     const Index T = tr.T;
     if (tape) {
-      tape->theta.assign(static_cast<size_t>(T), Vec<S>());
-      tape->g.assign(static_cast<size_t>(T), Vec<S>());
-      tape->M.assign(static_cast<size_t>(T), MatC<S>());
-      tape->V.assign(static_cast<size_t>(T), MatC<S>());
-      tape->gmeta.assign(static_cast<size_t>(T), Vec<S>());
+      // resized, not reassigned: a tape reused across calls keeps its buffers (no reallocation,
+      // no page faults); every entry used below is overwritten
+      const auto Ts = static_cast<size_t>(T);
+      tape->theta.resize(Ts);
+      tape->g.resize(Ts);
+      tape->M.resize(Ts);
+      tape->V.resize(Ts);
+      tape->gmeta.resize(Ts);
       const std::size_t need = static_cast<std::size_t>(T) * static_cast<std::size_t>(lay_.n_params) * kHidden * sizeof(S);
-      tape->hidden.assign(need <= kTapeCacheBytes ? static_cast<size_t>(T) : 0, MatR<S>());
+      const size_t nh = need <= kTapeCacheBytes ? Ts : 0;
+      tape->hidden.resize(nh);
+      tape->out.resize(nh);
     }
     if (g_out) g_out->assign(static_cast<size_t>(T), Vec<S>());
     res.train_losses.assign(static_cast<size_t>(T), 0.0);
@@ -138,8 +144,10 @@ class Unroller {
         tape->M[static_cast<size_t>(s)] = st.M;
         tape->V[static_cast<size_t>(s)] = st.V;
       }
-      MatR<S>* keep = (tape && !tape->hidden.empty()) ? &tape->hidden[static_cast<size_t>(s)] : nullptr;
-      opt_.step_forward(phi, st.theta, g_, st.M, st.V, st.step, Mp_, Vp_, u_, keep);
+      const bool keep = tape && !tape->hidden.empty();
+      opt_.step_forward(phi, st.theta, g_, st.M, st.V, st.step, Mp_, Vp_, u_,
+                        keep ? &tape->hidden[static_cast<size_t>(s)] : nullptr,
+                        keep ? &tape->out[static_cast<size_t>(s)] : nullptr, false);
       if (!u_.allFinite()) res.nf.mark("update", abs_step);
       st.theta -= u_;
       st.M.swap(Mp_);
@@ -159,9 +167,8 @@ class Unroller {
   // Meta-loss and its gradient by back-propagation (first- or second-order).
   MetaGrad<S> backprop(const Vec<S>& phi, const Truncation<S>& tr, InnerState<S>& st, bool second_order) {
     MetaGrad<S> res;
-    Tape<S> tape;
-    forward(phi, tr, st, &tape, nullptr, nullptr, res);
-    backward(phi, tr, tape, st.theta, st.step - tr.T, second_order, res);
+    forward(phi, tr, st, &tape_, nullptr, nullptr, res);
+    backward(phi, tr, tape_, st.theta, st.step - tr.T, second_order, res);
     return res;
   }
 
@@ -169,9 +176,8 @@ class Unroller {
   MetaGrad<S> backprop_frozen(const Vec<S>& phi, const Truncation<S>& tr, InnerState<S>& st,
                               const std::vector<Vec<S>>& frozen) {
     MetaGrad<S> res;
-    Tape<S> tape;
-    forward(phi, tr, st, &tape, &frozen, nullptr, res);
-    backward(phi, tr, tape, st.theta, st.step - tr.T, false, res);
+    forward(phi, tr, st, &tape_, &frozen, nullptr, res);
+    backward(phi, tr, tape_, st.theta, st.step - tr.T, false, res);
     return res;
   }
 
@@ -232,8 +238,9 @@ class Unroller {
     for (Index s = T - 1; s >= 0; --s) {
       thb += invT * tape.gmeta[static_cast<size_t>(s)];
       const auto k = static_cast<size_t>(s);
+      const bool cached = !tape.hidden.empty();
       opt_.step_forward(phi, tape.theta[k], tape.g[k], tape.M[k], tape.V[k], step0 + s, Mp_, Vp_, u_,
-                        tape.hidden.empty() ? nullptr : &tape.hidden[k]);
+                        cached ? &tape.hidden[k] : nullptr, cached ? &tape.out[k] : nullptr, cached);
       ubar = -thb;
       opt_.step_backward(phi, tape.g[k], Mp_, Vp_, ubar, Mpb, Vpb, res.grad, thf, gb, Mb, Vb);
       thb += thf;
@@ -253,6 +260,7 @@ class Unroller {
   Layout lay_;
   Net<S> net_, mnet_;
   LearnedOpt<S> opt_;
+  Tape<S> tape_;  // reused by every back-propagated truncation of this unroller
   Vec<S> g_, u_;
   MatC<S> Mp_, Vp_;
 };
