@@ -50,22 +50,33 @@ built=$(date +%s)
 echo "sanitize: build took $((built - start)) s" >&2
 
 libasan="$(gcc -print-file-name=libasan.so)"
-if [[ ! -e "$libasan" ]]; then
-  echo "sanitize: libasan.so not found (gcc -print-file-name gave $libasan)" >&2
+libstdcxx="$(gcc -print-file-name=libstdc++.so)"
+if [[ ! -e "$libasan" || ! -e "$libstdcxx" ]]; then
+  echo "sanitize: libasan.so or libstdc++.so not found (gcc -print-file-name gave $libasan, $libstdcxx)" >&2
   exit 2
 fi
-# The interpreter is not instrumented: preload the ASan runtime so it is initialised first.
-# CPython keeps objects alive until exit by design, so leak checking is off.
-export LD_PRELOAD="$libasan"
-export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_odr_violation=0"
-export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+# The interpreter is not instrumented: preload the ASan runtime so it is initialised first, and
+# libstdc++ with it (python does not link it, and without it ASan's __cxa_throw interceptor finds
+# no real function and aborts at the first C++ exception). CPython keeps objects alive until
+# exit by design, so leak checking is off. Reports also go to files (pytest captures stderr, and
+# an aborted run would lose them): any such file fails the run.
+rm -rf "$work/reports"
+mkdir -p "$work/reports"
+export LD_PRELOAD="$libasan:$libstdcxx"
+export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_odr_violation=0:log_path=$work/reports/asan"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$work/reports/ubsan"
 log="$work/pytest.log"
 set +e
 PYTHONPATH="$work/site" "$PYTHON" -m pytest -q -p no:cacheprovider "${args[@]}" 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
 echo "sanitize: tests took $(( $(date +%s) - built )) s (exit status $rc)" >&2
-# A report that did not abort (e.g. printed from a subprocess) still fails the run.
+# A report that did not abort (e.g. from a subprocess) still fails the run.
+if compgen -G "$work/reports/*" > /dev/null; then
+  echo "sanitize: sanitizer reports:" >&2
+  cat "$work"/reports/* >&2
+  exit 1
+fi
 if grep -qE "ERROR: AddressSanitizer|runtime error:|ERROR: UndefinedBehaviorSanitizer" "$log"; then
   echo "sanitize: sanitizer report found in the output" >&2
   exit 1

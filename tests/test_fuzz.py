@@ -756,7 +756,7 @@ MEMORY_CASES = {
     "reverse-batch": (lambda: ms.metagrad(_Q, [0.1, 0.2], HUGE, mode="reverse"), r"reverse mode"),
     "auto-schedule": (lambda: ms.metagrad(_Q, schedule=np.full(1000, 0.1), mode="reverse", memory_limit=1000),
                       r"reverse mode.*limit"),
-    "checkpoint-default": (lambda: ms.metagrad(_Q, 0.1, HUGE, mode="checkpoint"),
+    "checkpoint-default": (lambda: ms.metagrad(_Q, 0.1, HUGE, mode="checkpoint", memory_limit=40),
                            r"checkpoint mode.*fewer checkpoints.*forward"),
     "checkpoint-explicit": (lambda: ms.metagrad(_Q, 0.1, HUGE, mode="checkpoint", checkpoints=2 ** 40),
                             r"checkpoint mode"),
@@ -801,6 +801,12 @@ def test_memory_limit_is_validated_and_not_triggered_below() -> None:
     with pytest.raises(MemoryError):
         ms.metagrad(_Q, 0.1, 100, mode="reverse", memory_limit=101 * 3 * 8 - 1)
     assert ms.sgd_batches(10, 5, 3, memory_limit=4 * (15 + 10)).shape == (3, 5)
+    # without checkpoints=, the checkpoint mode takes as many snapshots as the budget allows
+    # (√t at most) and gives the bits of any other count
+    ref = ms.metagrad(_Q, 0.1, 400, mode="checkpoint", checkpoints=20)
+    small = ms.metagrad(_Q, 0.1, 400, mode="checkpoint", memory_limit=3 * 3 * 8)
+    assert small.diagnostics["stored_states"] < ref.diagnostics["stored_states"]
+    assert (small.value, small.grad, small.status) == (ref.value, ref.grad, ref.status)
 
 
 def test_zz_case_count() -> None:

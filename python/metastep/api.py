@@ -161,9 +161,9 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
         if not scalar:
             raise ValueError("unroll takes one step size; loop over step sizes or use metagrad for a batch")
         e = float(arr[0])
-        check_step_range(arr, "eta", dtype)
+        check_step_range(arr, "eta", dtype, problem.L_estimate())
     else:
-        check_step_range(sched, "schedule", dtype)
+        check_step_range(sched, "schedule", dtype, problem.L_estimate())
     _memory_guard("unroll's loss history", t + 1, 4, dtype, memory_limit, "use fewer steps")
     batches = _sgd(problem, batch_size, sgd_seed, t, memory_limit)
     if batches is None:
@@ -200,7 +200,7 @@ def _metagrad_cuda(problem: Problem, eta: Any, t: int, sched: Any, objective: st
     if not ok:
         raise RuntimeError(f"device='cuda' unavailable: {why}")
     etas, scalar = step_sizes(eta)
-    check_step_range(etas, "eta", dtype)
+    check_step_range(etas, "eta", dtype, problem.L_estimate())
     Hc = np.ascontiguousarray(problem.H, dtype=np.float64)
     out = getattr(_core, f"cuda_forward_{dtype}")(Hc, np.ascontiguousarray(problem.w0, dtype=np.float64),
                                                   np.ascontiguousarray(problem.w_star, dtype=np.float64),
@@ -345,10 +345,10 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         mode = "scaled_reverse" if sched is not None else "scaled_forward"
     if sched is not None:
         etas, scalar = np.zeros(1), True
-        check_step_range(sched, "schedule", dtype)
+        check_step_range(sched, "schedule", dtype, problem.L_estimate())
     else:
         etas, scalar = step_sizes(eta)
-        check_step_range(etas, "eta", dtype)
+        check_step_range(etas, "eta", dtype, problem.L_estimate())
     if mode == "exact" and batches is not None:
         raise ValueError("mode='exact' does not apply to minibatch SGD; use 'scaled', 'forward' or 'reverse'")
     if device == "cuda":
@@ -376,8 +376,11 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
                           "use mode='checkpoint' (memory O(k d)), 'forward' or 'scaled_forward' (O(d)) or 'exact'",
                           extra=4 if mode == "scaled_reverse" else 0)
         if mode == "checkpoint":
-            kk = k if k is not None else default_checkpoints(t)
-            _memory_guard("checkpoint mode", min(kk, t + 1), problem.d, dtype, memory_limit,
+            if k is None:
+                # about √t snapshots, fewer where the memory budget asks for it (SPEC §4.2: k
+                # given, or chosen from a memory budget); at least 2
+                k = max(2, min(default_checkpoints(t), _limit(memory_limit) // (problem.d * itemsize(dtype))))
+            _memory_guard("checkpoint mode", min(k, t + 1), problem.d, dtype, memory_limit,
                           "use fewer checkpoints (checkpoints=), or mode='forward' or 'scaled_forward' (memory O(d))")
         if batches is None:
             out = getattr(_core, f"metagrad_{dtype}")(problem._core(dtype), mode, etas, sched, t, objective,
@@ -386,8 +389,30 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
             out = getattr(_core, f"metagrad_sgd_{dtype}")(problem._core(dtype), batches, mode, etas, sched, t,
                                                           objective, on == "valid", k or 0, nthreads)
     _note_stability(out, problem, sched if sched is not None else etas, sched is not None)
+    _never_nan_ok(out, t)
     return _result(out, scalar, sched is not None, mode, dtype, objective, on, t,
                    None if sched is not None else (float(etas[0]) if scalar else etas))
+
+
+def _never_nan_ok(out: dict, t: int) -> None:
+    """A last safety net: a NaN value or gradient is never reported with status "ok" (the core
+    flags every failure it detects; this catches any it misses)."""
+    status = list(out["status"])
+    for i, s in enumerate(status):
+        if s != "ok":
+            continue
+        what = None
+        if np.isnan(out["value"][i]) or np.isnan(out["log_abs_value"][i]):
+            what = "meta-loss"
+        elif np.isnan(out["grad"][i]) or np.isnan(out["log_abs_grad"][i]) or (
+                "grad_steps" in out and np.any(np.isnan(np.asarray(out["grad_steps"], dtype=float)))):
+            what = "meta-gradient"
+        if what is not None:
+            status[i] = f"non-finite: {what} at step {t}"
+            dg = out["diagnostics"][i]
+            if isinstance(dg, dict):
+                dg.update(failed=True, quantity=what, kind="non-finite")
+    out["status"] = status
 
 
 def _note_stability(out: dict, problem: Problem, etas: np.ndarray, is_schedule: bool) -> None:
