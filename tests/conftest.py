@@ -28,3 +28,13 @@ def extended(request):
 def rel_err(x, ref):
     x, ref = np.asarray(x, dtype=float), np.asarray(ref, dtype=float)
     return np.max(np.abs(x - ref) / np.maximum(np.abs(ref), 1e-300))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print how many fuzz cases ran (tests/test_fuzz.py counts one per public call)."""
+    import sys
+    for name, mod in list(sys.modules.items()):
+        if name.rsplit(".", 1)[-1] == "test_fuzz" and hasattr(mod, "CASES"):
+            total = sum(mod.CASES.values())
+            if total:
+                terminalreporter.write_line(f"fuzz: {total} cases ({', '.join(f'{k} {v}' for k, v in sorted(mod.CASES.items()))})")

@@ -141,12 +141,30 @@ def real_scalar(x: Any, name: str, minimum: float = 0.0) -> float:
 _RANGE_MAX = {"float32": float(np.finfo(np.float32).max)}
 
 
+#: Smallest normal value of each precision narrower than float64.
+_RANGE_MIN = {"float32": float(np.finfo(np.float32).tiny)}
+
+
 def check_range(a: np.ndarray, name: str, dtype: str) -> None:
     """Inputs must be finite in the working precision (float32 is narrower than float64)."""
     top = _RANGE_MAX.get(dtype)
     if top is not None and a.size and float(np.max(np.abs(a))) > top:
         raise ValueError(f"{name} has entries beyond the largest {dtype} ({top:.4g}): they would become inf; "
                          f"use a wider dtype")
+
+
+def check_step_range(a: np.ndarray, name: str, dtype: str, L: float = float("inf")) -> None:
+    """Step sizes must also not vanish in the working precision: a non-zero η below the
+    smallest normal float32 becomes 0 (or loses its digits) in a float32 run, which matters
+    where η·L is not negligible (L: the largest curvature, which the exact mode keeps wider)."""
+    check_range(a, name, dtype)
+    low = _RANGE_MIN.get(dtype)
+    if low is not None and a.size:
+        with np.errstate(all="ignore"):
+            tiny = (a != 0) & (np.abs(a) < low) & ~(np.abs(a) * L < np.finfo(np.float32).eps)
+        if np.any(tiny):
+            raise ValueError(f"{name} has non-zero entries below the smallest normal {dtype} ({low:.4g}), e.g. "
+                             f"{a[tiny][0]!r}: they would round to 0 or lose precision; use a wider dtype")
 
 
 def choice(x: Any, name: str, options: tuple[str, ...]) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import math
 import os
 import re
 import sys
@@ -11,7 +12,7 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import _core
-from ._validate import check_range, choice, dtype_name, optional_int, positive_int, real_array, step_sizes
+from ._validate import check_step_range, choice, dtype_name, optional_int, positive_int, real_array, step_sizes
 from .problems import LeastSquares, Quadratic
 from .results import MetaGradResult, UnrollResult
 
@@ -65,31 +66,64 @@ def _schedule_and_steps(eta: Any, steps: Any, schedule: Any) -> tuple[Optional[n
     return sched, int(sched.size)
 
 
-def sgd_batches(n: int, batch_size: int, steps: int, seed: int = 0) -> np.ndarray:
+#: Largest number of samples a minibatch sequence indexes (row indices are 32-bit in the core).
+MAX_SAMPLES = 2**31 - 1
+
+
+def sgd_batches(n: int, batch_size: int, steps: int, seed: int = 0, *,
+                memory_limit: Optional[int] = None) -> np.ndarray:
     """The minibatch row indices of SGD, shape (steps, batch_size): step τ uses rows
     ``batches[τ]`` (distinct within a step), drawn from ``seed`` by a fixed integer generator,
-    so every mode, precision and machine sees the same sequence."""
+    so every mode, precision and machine sees the same sequence. The table takes
+    4·steps·batch_size bytes; beyond ``memory_limit`` (default :data:`DEFAULT_MEMORY_LIMIT`)
+    the call raises MemoryError before allocating."""
     n = positive_int(n, "n")
     b = positive_int(batch_size, "batch_size")
     if b > n:
         raise ValueError(f"batch_size = {b} exceeds the number of training samples n = {n}")
-    return _core.sgd_batches(n, b, positive_int(steps, "steps"), positive_int(seed, "seed", minimum=0))
+    if n > MAX_SAMPLES:
+        raise ValueError(f"n = {n} exceeds {MAX_SAMPLES} samples (row indices are 32-bit)")
+    steps = positive_int(steps, "steps")
+    seed = positive_int(seed, "seed", minimum=0)
+    memory_guard_bytes(f"the minibatch sequence ({steps} steps x batch_size {b})", 4 * (steps * b + n), memory_limit,
+                       "use fewer steps or a smaller batch_size")
+    return _core.sgd_batches(n, b, steps, seed)
 
 
-def _sgd(problem: Problem, batch_size: Any, seed: Any, t: int) -> Optional[np.ndarray]:
+def _sgd(problem: Problem, batch_size: Any, seed: Any, t: int, memory_limit: Optional[int] = None) -> Optional[np.ndarray]:
     if batch_size is None:
         return None
     if not isinstance(problem, LeastSquares):
         raise ValueError("batch_size= (minibatch SGD) applies to a LeastSquares task")
-    return sgd_batches(problem.n, batch_size, t, seed)
+    return sgd_batches(problem.n, batch_size, t, seed, memory_limit=memory_limit)
 
 
-def _memory_guard(what: str, states: int, d: int, dtype: str, limit: Optional[int], advice: str) -> None:
-    limit = DEFAULT_MEMORY_LIMIT if limit is None else positive_int(limit, "memory_limit")
-    need = states * d * itemsize(dtype)
+def _limit(limit: Optional[int]) -> int:
+    return DEFAULT_MEMORY_LIMIT if limit is None else positive_int(limit, "memory_limit")
+
+
+def memory_guard_bytes(what: str, need: int, limit: Optional[int], advice: str) -> None:
+    """Raise MemoryError (before anything is allocated) when ``what`` needs more than ``limit``
+    bytes (default :data:`DEFAULT_MEMORY_LIMIT`)."""
+    limit = _limit(limit)
+    if need > limit:
+        raise MemoryError(f"{what} would take {need / 2**30:.3g} GiB > limit {limit / 2**30:.3g} GiB "
+                          f"(memory_limit=); {advice}")
+
+
+def _memory_guard(what: str, states: int, d: int, dtype: str, limit: Optional[int], advice: str,
+                  extra: int = 0) -> None:
+    """``states`` stored vectors of dimension ``d`` (plus ``extra`` scalars per state)."""
+    limit = _limit(limit)
+    need = states * (d + extra) * itemsize(dtype)
     if need > limit:
         raise MemoryError(f"{what} would store {states} vectors of dimension {d} in {dtype} "
-                          f"({need / 2**30:.2f} GiB > limit {limit / 2**30:.2f} GiB); {advice}")
+                          f"({need / 2**30:.3g} GiB > limit {limit / 2**30:.3g} GiB); {advice}")
+
+
+def default_checkpoints(t: int) -> int:
+    """Snapshots the checkpoint mode holds when ``checkpoints=`` is not given: about √t."""
+    return max(2, math.isqrt(t - 1) + 1 if t > 1 else 1)
 
 
 def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: Any = None,
@@ -127,11 +161,11 @@ def unroll(problem: Problem, eta: Any = None, steps: Any = None, *, schedule: An
         if not scalar:
             raise ValueError("unroll takes one step size; loop over step sizes or use metagrad for a batch")
         e = float(arr[0])
-        check_range(arr, "eta", dtype)
+        check_step_range(arr, "eta", dtype, problem.L_estimate())
     else:
-        check_range(sched, "schedule", dtype)
+        check_step_range(sched, "schedule", dtype, problem.L_estimate())
     _memory_guard("unroll's loss history", t + 1, 4, dtype, memory_limit, "use fewer steps")
-    batches = _sgd(problem, batch_size, sgd_seed, t)
+    batches = _sgd(problem, batch_size, sgd_seed, t, memory_limit)
     if batches is None:
         out = getattr(_core, f"unroll_{dtype}")(problem._core(dtype), e, sched, t)
     else:
@@ -166,7 +200,7 @@ def _metagrad_cuda(problem: Problem, eta: Any, t: int, sched: Any, objective: st
     if not ok:
         raise RuntimeError(f"device='cuda' unavailable: {why}")
     etas, scalar = step_sizes(eta)
-    check_range(etas, "eta", dtype)
+    check_step_range(etas, "eta", dtype, problem.L_estimate())
     Hc = np.ascontiguousarray(problem.H, dtype=np.float64)
     out = getattr(_core, f"cuda_forward_{dtype}")(Hc, np.ascontiguousarray(problem.w0, dtype=np.float64),
                                                   np.ascontiguousarray(problem.w_star, dtype=np.float64),
@@ -298,7 +332,7 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
     k = optional_int(checkpoints, "checkpoints")
     if k is not None and mode not in ("checkpoint", "auto"):
         raise ValueError(f"checkpoints= applies to mode='checkpoint', not mode={mode!r}")
-    batches = _sgd(problem, batch_size, sgd_seed, t)
+    batches = _sgd(problem, batch_size, sgd_seed, t, memory_limit)
     nthreads = default_threads() if threads is None else positive_int(threads, "threads")
     if mode == "auto":
         if k is not None:
@@ -311,10 +345,10 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
         mode = "scaled_reverse" if sched is not None else "scaled_forward"
     if sched is not None:
         etas, scalar = np.zeros(1), True
-        check_range(sched, "schedule", dtype)
+        check_step_range(sched, "schedule", dtype, problem.L_estimate())
     else:
         etas, scalar = step_sizes(eta)
-        check_range(etas, "eta", dtype)
+        check_step_range(etas, "eta", dtype, problem.L_estimate())
     if mode == "exact" and batches is not None:
         raise ValueError("mode='exact' does not apply to minibatch SGD; use 'scaled', 'forward' or 'reverse'")
     if device == "cuda":
@@ -336,11 +370,18 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
             out = _core.exact_fast(problem._fast_spectrum(dtype), etas, t, objective, nthreads)
     else:
         if mode in ("reverse", "scaled_reverse"):
+            # the trajectory, plus per step a few scalars (scaled_reverse: exponents, offsets,
+            # per-step log-magnitudes and signs)
             _memory_guard(f"{mode} mode", t + 1, problem.d, dtype, memory_limit,
-                          "use mode='checkpoint' (memory O(k d)), 'forward' or 'scaled_forward' (O(d)) or 'exact'")
-        if mode == "checkpoint" and k is not None:
+                          "use mode='checkpoint' (memory O(k d)), 'forward' or 'scaled_forward' (O(d)) or 'exact'",
+                          extra=4 if mode == "scaled_reverse" else 0)
+        if mode == "checkpoint":
+            if k is None:
+                # about √t snapshots, fewer where the memory budget asks for it (SPEC §4.2: k
+                # given, or chosen from a memory budget); at least 2
+                k = max(2, min(default_checkpoints(t), _limit(memory_limit) // (problem.d * itemsize(dtype))))
             _memory_guard("checkpoint mode", min(k, t + 1), problem.d, dtype, memory_limit,
-                          "use fewer checkpoints")
+                          "use fewer checkpoints (checkpoints=), or mode='forward' or 'scaled_forward' (memory O(d))")
         if batches is None:
             out = getattr(_core, f"metagrad_{dtype}")(problem._core(dtype), mode, etas, sched, t, objective,
                                                       on == "valid", k or 0, nthreads)
@@ -348,8 +389,30 @@ def metagrad(problem: Problem, eta: Any = None, steps: Any = None, *, objective:
             out = getattr(_core, f"metagrad_sgd_{dtype}")(problem._core(dtype), batches, mode, etas, sched, t,
                                                           objective, on == "valid", k or 0, nthreads)
     _note_stability(out, problem, sched if sched is not None else etas, sched is not None)
+    _never_nan_ok(out, t)
     return _result(out, scalar, sched is not None, mode, dtype, objective, on, t,
                    None if sched is not None else (float(etas[0]) if scalar else etas))
+
+
+def _never_nan_ok(out: dict, t: int) -> None:
+    """A last safety net: a NaN value or gradient is never reported with status "ok" (the core
+    flags every failure it detects; this catches any it misses)."""
+    status = list(out["status"])
+    for i, s in enumerate(status):
+        if s != "ok":
+            continue
+        what = None
+        if np.isnan(out["value"][i]) or np.isnan(out["log_abs_value"][i]):
+            what = "meta-loss"
+        elif np.isnan(out["grad"][i]) or np.isnan(out["log_abs_grad"][i]) or (
+                "grad_steps" in out and np.any(np.isnan(np.asarray(out["grad_steps"], dtype=float)))):
+            what = "meta-gradient"
+        if what is not None:
+            status[i] = f"non-finite: {what} at step {t}"
+            dg = out["diagnostics"][i]
+            if isinstance(dg, dict):
+                dg.update(failed=True, quantity=what, kind="non-finite")
+    out["status"] = status
 
 
 def _note_stability(out: dict, problem: Problem, etas: np.ndarray, is_schedule: bool) -> None:

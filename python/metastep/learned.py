@@ -194,12 +194,27 @@ class MetaGradient:
                 f"steps={self.train_losses.size}, nonfinite={self.nonfinite['failed']})")
 
 
+def _unroll_bytes(P: int, T: int, rows: int, tape: bool, gradients: bool, itemsize: int) -> int:
+    """Memory an unroll of T inner steps holds: the minibatch plans (4 bytes a row index), the
+    per-step losses and, for a backward pass, the tape (θ, g, M, V and the meta-gradient per step:
+    13 P values) or the recorded gradients (P values per step)."""
+    per_step = 4 * rows + 16 + (13 * P * itemsize + 5 * 32 if tape else 0) + (P * itemsize + 32 if gradients else 0)
+    return T * per_step
+
+
+def _guard_unroll(what: str, P: int, T: int, rows: int, tape: bool, gradients: bool, dtype: str,
+                  memory_limit: Optional[int]) -> None:
+    from .api import memory_guard_bytes
+    need = _unroll_bytes(P, T, rows, tape, gradients, 4 if dtype == "float32" else 8)
+    memory_guard_bytes(what, need, memory_limit, "use shorter truncations (length=) or fewer steps")
+
+
 def meta_gradient(phi: Any, train: Dataset, meta: Dataset, *, length: int, estimator: str = "first",
                   sizes: Sequence[int] = DIGITS_SIZES, state: Optional[Dict[str, Any]] = None, init_seed: int = 0,
                   batch_size: int = 32, meta_batch: int = 0, seed: int = 0, es_pairs: int = 8,
                   es_sigma: float = 0.01, es_seed: int = 0, frozen_gradients: Any = None,
                   forward_only: bool = False, return_gradients: bool = False,
-                  dtype: str = "float64") -> MetaGradient:
+                  dtype: str = "float64", memory_limit: Optional[int] = None) -> MetaGradient:
     """Meta-loss of a truncation of ``length`` inner steps and its gradient w.r.t. ``phi``.
 
     Parameters
@@ -214,6 +229,9 @@ def meta_gradient(phi: Any, train: Dataset, meta: Dataset, *, length: int, estim
         first-order estimator is the exact gradient of this "frozen" meta-loss).
     forward_only : only the meta-loss (no gradient). ``return_gradients``: also return the
         inner gradients g_s (as ``extra["gradients"]``).
+    memory_limit : bytes the unroll may hold (tape, minibatch plans; default
+        :data:`metastep.DEFAULT_MEMORY_LIMIT`); beyond it MemoryError is raised before anything
+        is allocated.
     """
     s = _sizes(sizes)
     P = num_params(s)
@@ -222,6 +240,11 @@ def meta_gradient(phi: Any, train: Dataset, meta: Dataset, *, length: int, estim
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
     T = _posint(length, "length")
     tr, me = _data(train, s, "train"), _data(meta, s, "meta")
+    bs, mb = _posint(batch_size, "batch_size"), _posint(meta_batch, "meta_batch", 0)
+    rows = min(bs, tr.n) + (me.n if mb == 0 else min(mb, me.n))
+    _guard_unroll(f"a truncation of length {T}", P, T, rows,
+                  tape=not forward_only and estimator != "es", gradients=bool(return_gradients), dtype=dt,
+                  memory_limit=memory_limit)
     if state is None:
         state = {"theta": init_network(s, init_seed), "M": np.zeros((P, 5)), "V": np.zeros((P, 5)), "step": 0}
     if not isinstance(state, dict) or not {"theta", "M", "V", "step"} <= set(state):
@@ -490,7 +513,8 @@ class Curve:
 
 def train_curve(optimizer: Union[LearnedOptimizer, str], train: Dataset, test: Dataset, *, steps: int = 1000,
                 sizes: Sequence[int] = DIGITS_SIZES, batch_size: int = 32, record_every: int = 50,
-                lr: float = 0.1, init_seed: int = 0, batch_seed: int = 1, dtype: str = "float32") -> Curve:
+                lr: float = 0.1, init_seed: int = 0, batch_seed: int = 1, dtype: str = "float32",
+                memory_limit: Optional[int] = None) -> Curve:
     """Train a fresh network (``init_seed``) on ``train`` for ``steps`` minibatch steps with a
     learned optimizer, ``"sgd"`` (step size ``lr``) or ``"adam"`` (``lr``, β = (0.9, 0.999)),
     recording train and test loss/accuracy every ``record_every`` steps. A non-finite quantity
@@ -504,6 +528,9 @@ def train_curve(optimizer: Union[LearnedOptimizer, str], train: Dataset, test: D
     else:
         raise ValueError(f"optimizer must be a LearnedOptimizer, 'sgd' or 'adam', not {optimizer!r}")
     tr, te = _data(train, s, "train"), _data(test, s, "test")
+    steps_, every = _posint(steps, "steps"), _posint(record_every, "record_every")
+    _guard_unroll(f"train_curve with {steps_} steps", num_params(s), steps_, min(_posint(batch_size, "batch_size"), tr.n),
+                  tape=False, gradients=False, dtype=dt, memory_limit=memory_limit)
     r = getattr(_core, f"train_curve_{dt}")(s, phi, tr.X, tr.y, te.X, te.y, kind, _posint(steps, "steps"),
                                             _posint(batch_size, "batch_size"), _posint(record_every, "record_every"),
                                             _posfloat(lr, "lr"), _seed(init_seed, "init_seed"),

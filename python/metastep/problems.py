@@ -23,6 +23,17 @@ def _exact_matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     return (A.astype(np.longdouble) @ B.astype(np.longdouble)).astype(np.float64)
 
 
+def _eigvalsh_scaled(H: np.ndarray, scale: float) -> np.ndarray:
+    """Eigenvalues of symmetric H. Far from 1 in magnitude, H is first scaled by a power of two
+    (exact), so that LAPACK neither overflows (entries near 1e308 would give inf or NaN) nor
+    loses the tiny ones; an eigenvalue beyond float64's range comes back as ±inf."""
+    if scale == 0.0 or 2.0 ** -500 < scale < 2.0 ** 500:
+        return np.linalg.eigvalsh(H)
+    p = float(np.frexp(scale)[1])
+    with np.errstate(over="ignore", under="ignore"):
+        return np.ldexp(np.linalg.eigvalsh(np.ldexp(H, -int(p))), int(p))
+
+
 class _Problem:
     """Shared machinery: compiled problem objects and spectra cached per precision."""
 
@@ -104,7 +115,7 @@ class Quadratic(_Problem):
                              f"{sym_rtol * scale:.3g}")
         if asym > 0:
             H = 0.5 * H + 0.5 * H.T
-        eig = np.linalg.eigvalsh(H)
+        eig = _eigvalsh_scaled(H, scale)
         top = float(np.max(np.abs(eig))) if eig.size else 0.0
         tol = (psd_rtol if psd_rtol is not None else 100 * d * np.finfo(np.float64).eps) * top
         if eig[0] < -tol:
@@ -229,7 +240,8 @@ class LeastSquares(_Problem):
     def L(self) -> float:
         """Largest eigenvalue of XᵀX/n; GD is stable for 0 < η < 2/L."""
         if self._L is None:
-            self._L = float(np.linalg.norm(self.X, 2) ** 2 / self.n)
+            with np.errstate(over="ignore", under="ignore"):  # beyond float64's range: inf
+                self._L = float(np.linalg.norm(self.X, 2) ** 2 / self.n)
         return self._L
 
     def L_estimate(self, iterations: int = 30) -> float:
@@ -240,13 +252,16 @@ class LeastSquares(_Problem):
         if self._L_est is None:
             v = np.random.default_rng(0).standard_normal(self.d)
             lam = 0.0
-            for _ in range(iterations):
-                u = self.X.T @ (self.X @ v) / self.n
-                lam = float(np.linalg.norm(u))
-                if lam == 0.0:
-                    break
-                v = u / lam
-            self._L_est = lam
+            with np.errstate(all="ignore"):
+                for _ in range(iterations):
+                    u = self.X.T @ (self.X @ v) / self.n
+                    lam = float(np.linalg.norm(u))
+                    if lam == 0.0 or not np.isfinite(lam):
+                        break
+                    v = u / lam
+            # outside float64's comfortable range the power iteration over/underflows: take the
+            # exact value (an SVD, which scales internally)
+            self._L_est = lam if np.isfinite(lam) and (lam == 0.0 or 1e-280 < lam < 1e280) else self.L
         return self._L_est
 
     def loss(self, w: Any, on: str = "train") -> float:
@@ -276,6 +291,9 @@ def random_quadratic(d: int, seed: int) -> Quadratic:
     """
     d = positive_int(d, "d")
     seed = positive_int(seed, "seed", minimum=0)
+    from .api import memory_guard_bytes
+    # X, H and the long-double product (16 bytes a value) and its float64 rounding
+    memory_guard_bytes(f"random_quadratic({d})", 48 * d * d, None, "use a smaller d")
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((d, d))
     w0 = rng.standard_normal(d)
@@ -296,6 +314,10 @@ def random_least_squares(d: int, n: int, sigma: float, seed: int, n_valid: int =
     n_test = positive_int(n_test, "n_test", minimum=0)
     seed = positive_int(seed, "seed", minimum=0)
     sigma = real_scalar(sigma, "sigma")
+    from .api import memory_guard_bytes
+    # the rows (float64) and their long-double products, for training, validation and test
+    memory_guard_bytes(f"random_least_squares(d={d}, n={n}, n_valid={n_valid}, n_test={n_test})",
+                       40 * (n + n_valid + n_test) * (d + 1), None, "use fewer rows or a smaller d")
     rng = np.random.default_rng(seed)
     g = rng.standard_normal(d)
     w_star = g / np.sqrt(np.sum(g * g))

@@ -262,10 +262,10 @@ class PreparedTasks:
         t = self.steps if steps is None else positive_int(steps, "steps")
         if t > self.steps:
             raise ValueError(f"these tasks were prepared for at most {self.steps} steps; got steps = {t}")
-        etas = np.atleast_1d(np.asarray(etas, dtype=float))
+        etas = step_sizes(etas)[0]  # finite, non-negative, 1-D: NaN in, NaN out is not a result
         if sigmas is None:
             sigmas = np.array([self.family.sigma if self.family is not None else 0.0])
-        sigmas = np.atleast_1d(np.asarray(sigmas, dtype=float))
+        sigmas = step_sizes(sigmas, "sigmas")[0]
         sel = slice(None) if tasks is None else tasks
         theta, C, nu = self.theta[sel], self.C[sel], self.nu[sel]
         Sc, radii = self._combos(sigmas)

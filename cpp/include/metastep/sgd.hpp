@@ -4,7 +4,9 @@
 // and every precision sees the same minibatches on every machine.
 #pragma once
 #include <cstdint>
+#include <climits>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "problems.hpp"
@@ -32,12 +34,25 @@ class SplitMix64 {
   std::uint64_t x_;
 };
 
+// Entries of a rows x cols index table, refused (std::length_error, a Python ValueError) when the
+// count overflows or exceeds what a vector may hold: never a wrapped-around size.
+inline std::size_t index_table_size(std::int64_t rows, std::int64_t cols, const char* what) {
+  if (rows < 0 || cols < 0) throw std::invalid_argument(std::string(what) + ": negative size");
+  const std::int64_t cap = static_cast<std::int64_t>(std::vector<std::int32_t>().max_size() / 2);
+  if (cols != 0 && rows > cap / cols)
+    throw std::length_error(std::string(what) + " of " + std::to_string(rows) + " x " + std::to_string(cols) +
+                            " row indices is too large");
+  return static_cast<std::size_t>(rows * cols);
+}
+
 // t minibatches of B distinct row indices out of n (row-major t x B).
 inline std::vector<std::int32_t> make_batches(Index n, Index B, Steps t, std::uint64_t seed) {
   if (B < 1 || B > n) throw std::invalid_argument("batch_size must be between 1 and the number of samples");
   if (t < 1) throw std::invalid_argument("steps must be at least 1");
+  if (n > Index(INT32_MAX)) throw std::invalid_argument("at most 2**31 - 1 samples (row indices are 32-bit)");
+  const std::size_t total = index_table_size(t, B, "the minibatch sequence");
   SplitMix64 rng(seed);
-  std::vector<std::int32_t> perm(static_cast<size_t>(n)), out(static_cast<size_t>(t * B));
+  std::vector<std::int32_t> perm(static_cast<size_t>(n)), out(total);
   for (Index i = 0; i < n; ++i) perm[static_cast<size_t>(i)] = static_cast<std::int32_t>(i);
   for (Steps s = 0; s < t; ++s) {
     for (Index j = 0; j < B; ++j) {

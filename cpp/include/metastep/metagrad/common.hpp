@@ -87,6 +87,17 @@ struct Outcome {
   Diagnostics diag;
 };
 
+// A dot product a.b that came out exactly zero although neither vector is: when even the
+// largest term max|a| max|b| lies below the normal range, every term underflowed and the zero
+// is not the true value (a plain mode cannot represent it): flag it.
+template <class S, class A, class B>
+inline void check_dot_underflow(Diagnostics& diag, const A& a, const B& b, Steps at) {
+  if (a.size() == 0 || b.size() == 0) return;
+  const S am = a.cwiseAbs().maxCoeff(), bm = b.cwiseAbs().maxCoeff();
+  if (am > S(0) && bm > S(0) && sm::log_abs(am) + sm::log_abs(bm) < sm::log_abs(sm::min_normal<S>()))
+    diag.fail(Quantity::meta_grad, "underflow to zero", at);
+}
+
 // Turn M, M' computed in precision S into the objective, checking what a plain mode produced.
 template <class S>
 Outcome finalize(S M, S dM, const Vec<S>* dM_steps, const MetaOptions& opt, Diagnostics diag) {
@@ -99,6 +110,9 @@ Outcome finalize(S M, S dM, const Vec<S>* dM_steps, const MetaOptions& opt, Diag
   } else {
     if (!(M > S(0)) && !diag.failed)
       diag.fail(Quantity::meta_loss, M == S(0) ? "zero (log undefined)" : "non-positive (log undefined)", opt.steps);
+    // M or M' subnormal already lost digits, although their ratio may look normal: flag it
+    diag.check_scalar(Quantity::meta_loss, M, opt.steps);
+    diag.check_scalar(Quantity::meta_grad, dM, opt.steps);
     value = sm::log(M) / t;
     grad = dM / (t * M);
   }

@@ -36,6 +36,9 @@ struct Spectrum {
   Vec<S> c;
   Mat<S> B;
   Vec<S> r_inf;
+  // |X'| (|w0| + |V||c|) + |y'|: the size of the terms whose sum is r_inf (its rounding error
+  // is about eps times this), for the cancellation check of the validation residual
+  Vec<S> r_inf_mag;
   Index n_valid = 0;
 };
 
@@ -122,6 +125,8 @@ void add_validation(Spectrum<S>& sp, const LeastSquares<S>& p, const ColMat<S>& 
     sp.n_valid = p.n_valid();
     sp.B = p.X_valid() * Vk;
     sp.r_inf = p.X_valid() * wbar - p.y_valid();
+    const Vec<S> wmag = p.w0().cwiseAbs() + Vk.cwiseAbs() * sp.c.cwiseAbs();
+    sp.r_inf_mag = p.X_valid().cwiseAbs() * wmag + p.y_valid().cwiseAbs();
   }
 }
 
@@ -284,6 +289,7 @@ struct ExactPoint {
   int sign_M = 0;
   W log_dM = -sm::infinity<W>();
   int sign_dM = 0;
+  bool cancelled = false;  // the residual is at the level of its rounding error (digits lost)
 };
 
 template <class S>
@@ -356,7 +362,18 @@ ExactPoint<typename Spectrum<S>::Wide> exact_valid(const Spectrum<S>& sp, const 
     if (sd[u] != 0) dh[i] = S(W(sd[u]) * sm::exp(W(ld[u] - md)));
   }
   Vec<S> rt = sp.B * zh;
+  // the same sum over absolute values: the scale of the terms that cancel in rt
+  Vec<S> mag = sp.B.cwiseAbs() * zh.cwiseAbs();
   if (rnorm > W(0)) rt += sp.r_inf * S(sm::exp(W(rho - m)) / rnorm);  // r_inf e^{-m}, norm <= 1
+  for (Index j = 0; j < mag.size(); ++j) {
+    const W rm = W(sp.r_inf_mag[j]);
+    if (rm > W(0)) mag[j] += S(sm::exp(W(sm::log(rm) - m)));
+  }
+  // Half the digits or more cancelled between r_inf and B z (e.g. a minimizer far from w0 whose
+  // validation residual nearly vanishes): the result is rounding noise, flag it.
+  const S big = mag.size() ? mag.maxCoeff() : S(0);
+  const S left = rt.size() ? rt.cwiseAbs().maxCoeff() : S(0);
+  e.cancelled = big > S(0) && sm::isfinite(big) && left < sm::sqrt(sm::epsilon<S>()) * big;
   const W nrm2 = W(rt.squaredNorm());
   if (nrm2 > W(0)) {
     e.log_M = W(2) * m + sm::log(nrm2) - sm::log(W(2) * W(sp.n_valid));
@@ -383,6 +400,7 @@ Outcome exact_outcome(const Spectrum<S>& sp, const S& eta, const MetaOptions& op
     return out;
   }
   const ExactPoint<W> e = opt.valid ? exact_valid(sp, eta, opt.steps) : exact_train(sp, eta, opt.steps);
+  if (e.cancelled) out.diag.fail(Quantity::meta_loss, "cancellation", opt.steps);
   const W t = W(static_cast<long double>(opt.steps));
   if (opt.objective == Objective::final_loss) {
     out.value = Num::of_log(e.log_M, e.sign_M);

@@ -61,6 +61,8 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
     if (vrel2 > 0) lest = log_add(lest, lg + lv + 0.5 * std::log(vrel2));            // error of the tangent
     lest = log_add(lest, sm::log_abs(sm::epsilon<S>()) + lg + lv);                   // the dot product
     diag.check_grad_error<S>(std::exp(lest - ldm), t);
+  } else if (dM == S(0)) {
+    check_dot_underflow<S>(diag, gM, v, t);
   }
   return finalize<S>(M, dM, nullptr, opt, std::move(diag));
 }
@@ -211,6 +213,8 @@ std::vector<Outcome> forward_batch(const Quadratic<S>& p, const S* etas, Index m
       if (vrel2[u] > 0) lest = log_add(lest, lg + lv + 0.5 * std::log(vrel2[u]));
       lest = log_add(lest, sm::log_abs(sm::epsilon<S>()) + lg + lv);
       dg.check_grad_error<S>(std::exp(lest - ldm), t);
+    } else if (dM == S(0)) {
+      check_dot_underflow<S>(dg, gM, v, t);
     }
     out[u] = finalize<S>(M, dM, nullptr, opt, std::move(dg));
   }

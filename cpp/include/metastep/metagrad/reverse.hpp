@@ -60,6 +60,7 @@ struct Backprop {
     ws.tau = tau;
     p.value_grad_hvp(w_tau, a, g, ha, ws);
     dM_steps[tau] = -a.dot(g);
+    if (dM_steps[tau] == S(0)) check_dot_underflow<S>(diag, a, g, tau);
     const double la = sm::log_abs(safe_norm(a)), lg = sm::log_abs(safe_norm(g));
     const double le = log_add(sm::log_abs(ws.grad_err) + la, sm::log_abs(sm::epsilon<S>()) + la + lg);
     log_err2 = log_add(log_err2, 2.0 * le);  // independent roundings add like a random walk

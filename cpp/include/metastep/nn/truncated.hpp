@@ -58,7 +58,7 @@ constexpr std::size_t kTapeCacheBytes = std::size_t(256) << 20;
 inline std::vector<std::int32_t> batch_plan(Index n, Index B, Index T, std::uint64_t seed) {
   if (n < 1) throw std::invalid_argument("a data set is empty");
   if (B <= 0 || B >= n) {
-    std::vector<std::int32_t> out(static_cast<size_t>(T * n));
+    std::vector<std::int32_t> out(index_table_size(T, n, "the minibatch plan"));
     for (Index s = 0; s < T; ++s)
       for (Index j = 0; j < n; ++j) out[static_cast<size_t>(s * n + j)] = static_cast<std::int32_t>(j);
     return out;
