@@ -114,14 +114,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
           f"stable range), t = {args.steps}, objective = {args.objective}, on = {args.on}")
     print(f"reference ({ref_name}, {t_ref:.2f} s): value = {_signed_exp(ref[1], ref[0])}, "
           f"grad = {_signed_exp(ref[3], ref[2])}")
-    head = f"{'mode':<11} {'dtype':<10} {'grad (float64)':>24} {'rel.err grad':>12} {'rel.err value':>13} {'time':>9}  status"
+    mw = max([len("mode")] + [len(str(row["mode"])) for row in rows])  # the widest mode name
+    head = f"{'mode':<{mw}} {'dtype':<10} {'grad (float64)':>24} {'rel.err grad':>12} {'rel.err value':>13} {'time':>9}  status"
     print(head)
     print("-" * len(head))
     for row in rows:
         if "error" in row:
-            print(f"{row['mode']:<11} {row['dtype']:<10} {'—':>24} {'—':>12} {'—':>13} {'—':>9}  refused: {row['error']}")
+            print(f"{row['mode']:<{mw}} {row['dtype']:<10} {'—':>24} {'—':>12} {'—':>13} {'—':>9}  refused: {row['error']}")
             continue
-        print(f"{row['mode']:<11} {row['dtype']:<10} {_fmt(row['grad']):>24} {row['rel_err_grad']:>12.2e} "
+        print(f"{row['mode']:<{mw}} {row['dtype']:<10} {_fmt(row['grad']):>24} {row['rel_err_grad']:>12.2e} "
               f"{row['rel_err_value']:>13.2e} {row['seconds'] * 1e3:>7.2f}ms  {row['status']}")
     if args.json:
         with open(args.json, "w") as fh:
