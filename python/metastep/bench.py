@@ -314,16 +314,22 @@ def format_table(result: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _torch_cuda() -> Any:
+    """PyTorch where it is installed with a usable GPU, else None."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch if torch.cuda.is_available() else None
+
+
 def _torch_cuda_forward(H: np.ndarray, w0: np.ndarray, etas: np.ndarray, t: int, dtype: str,
                         graph: bool) -> Any:
     """PyTorch on the GPU, forward mode by hand for a batch of step sizes in its best idiom: one
     product per step on X = [W | V] (cuBLAS; H read once), in-place updates; with ``graph`` the
     steps are captured in chunks of 32 as a CUDA graph and replayed (no per-kernel launch cost)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
+    torch = _torch_cuda()
+    if torch is None:
         return None
     tdt = torch.float64 if dtype == "float64" else torch.float32
     m = len(etas)
@@ -402,11 +408,8 @@ def _cublas_step_bound(H: np.ndarray, m: int, dtype: str, reps: int = 50) -> Opt
     """Seconds of one d × d by d × 2m product through cuBLAS (PyTorch; `reps` products replayed
     as one CUDA graph, so launch costs are excluded): the per-step floor of any implementation
     that forms that product with cuBLAS; None without PyTorch-CUDA."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if not torch.cuda.is_available():
+    torch = _torch_cuda()
+    if torch is None:
         return None
     tdt = torch.float64 if dtype == "float64" else torch.float32
     Ht = torch.tensor(H, dtype=tdt, device="cuda")
