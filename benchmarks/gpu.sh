@@ -7,6 +7,7 @@
 #   WHEELS=DIR benchmarks/gpu.sh           same, offline, from a folder of wheels
 #   WHEEL=metastep-*.whl benchmarks/gpu.sh install a prebuilt wheel next to the python3 already
 #                                          there (numpy, pytest, ... must be installed)
+#   SKIP_BENCH=1                           the checks without the benchmark
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}"
@@ -74,6 +75,7 @@ for dtype in ("float64", "float32"):
 print("memcheck run finished")
 PY
 fi
+[ "${SKIP_BENCH:-0}" = 1 ] && exit $status  # checks only
 echo "== GPU benchmark"
 timeout 330 $py -m metastep bench --gpu --out "$out/gpu_bench.json" 2>&1 | tee "$out/gpu_bench.txt" || status=1
 exit $status

@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(256) gemm_tiled_kernel(const S* __restrict__ A
 // Skinny product (n <= 16 columns: a few step sizes), split over k so that small d still fills
 // the GPU: block (x, y) computes rows x*128 .. x*128+127 over k in [y*kKC, (y+1)*kKC), one row
 // per thread, reading A down its columns (coalesced) and the slice of B from shared memory
-// (broadcast). Partial sums P[y][c][row] are added in slice order by skinny_reduce_kernel.
+// (broadcast). Partial sums P[y][c][row] are added in slice order by sum_slices_kernel.
 constexpr int kSkinnyRows = 128, kKC = 64, kSkinnyMax = 16;
 template <class S, int NC>
 __global__ void __launch_bounds__(kSkinnyRows) gemm_skinny_kernel(const S* __restrict__ A, const S* __restrict__ B,
@@ -141,8 +141,9 @@ __global__ void __launch_bounds__(kSkinnyRows) gemm_skinny_kernel(const S* __res
     if (c < n) p[static_cast<size_t>(c) * d] = acc[c];
 }
 
+// C = the sum over k-slices of the partial products P (both split kernels), slices in order.
 template <class S>
-__global__ void skinny_reduce_kernel(const S* __restrict__ P, S* __restrict__ C, int d, int n, int slices) {
+__global__ void sum_slices_kernel(const S* __restrict__ P, S* __restrict__ C, int d, int n, int slices) {
   const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const size_t len = static_cast<size_t>(n) * d;
   if (i >= len) return;
@@ -157,37 +158,33 @@ __device__ inline S nan_max(S a, S b) {
   return (a != a) ? a : ((b <= a) ? a : b);
 }
 
-template <int K, class S>
-__device__ inline S combine(S a, S b) {  // K = 0: sum, 1: NaN-propagating max
-  return K == 0 ? a + b : nan_max(a, b);
-}
-
 constexpr int kWarps = kThreads / 32;
 
-// Two block-wide reductions at once (one pair of barriers for both); results valid in thread 0.
-// The order of the sums is fixed (lanes by halving, then warps in order): deterministic.
-template <int KA, int KB, class S>
-__device__ void block_pair(S& a, S& b, S* shared /* 2 * kWarps */) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const S ya = __shfl_down_sync(0xffffffffu, a, o);
-    const S yb = __shfl_down_sync(0xffffffffu, b, o);
-    a = combine<KA>(a, ya);
-    b = combine<KB>(b, yb);
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    shared[warp] = a;
-    shared[kWarps + warp] = b;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    a = shared[0];
-    b = shared[kWarps];
-    for (int w = 1; w < kWarps; ++w) {
-      a = combine<KA>(a, shared[w]);
-      b = combine<KB>(b, shared[kWarps + w]);
+// Block-wide reductions of several values at once (one pair of barriers for all); K... gives each
+// value's kind (0 sum, 1 NaN-propagating max). Results valid in thread 0. The order is fixed
+// (lanes by halving, then warps in order): deterministic.
+template <int... K, class S>
+__device__ void block_reduce(S* shared /* sizeof...(K) * kWarps */, S (&v)[sizeof...(K)]) {
+  constexpr int N = sizeof...(K);
+  constexpr int kind[N] = {K...};
+  for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      const S y = __shfl_down_sync(0xffffffffu, v[i], o);
+      v[i] = kind[i] == 0 ? v[i] + y : nan_max(v[i], y);
     }
-  }
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0)
+#pragma unroll
+    for (int i = 0; i < N; ++i) shared[i * kWarps + warp] = v[i];
+  __syncthreads();
+  if (threadIdx.x == 0)
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      v[i] = shared[i * kWarps];
+      for (int w = 1; w < kWarps; ++w)
+        v[i] = kind[i] == 0 ? v[i] + shared[i * kWarps + w] : nan_max(v[i], shared[i * kWarps + w]);
+    }
   __syncthreads();
 }
 
@@ -246,28 +243,12 @@ __global__ void step_kernel(S* W, S* IN, const S* OUT, const S* wstar, const dou
     wm = nan_max(wm, S(fabs(wn)));
     vm = nan_max(vm, S(fabs(vn)));
   }
-  // three block-wide reductions with one pair of barriers
-  for (int s = 16; s > 0; s >>= 1) {
-    f += __shfl_down_sync(0xffffffffu, f, s);
-    wm = nan_max(wm, __shfl_down_sync(0xffffffffu, wm, s));
-    vm = nan_max(vm, __shfl_down_sync(0xffffffffu, vm, s));
-  }
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    red[warp] = f;
-    red[kWarps + warp] = wm;
-    red[2 * kWarps + warp] = vm;
-  }
-  __syncthreads();
+  S acc[3] = {f, wm, vm};
+  block_reduce<0, 1, 1>(red, acc);
+  f = acc[0];
+  wm = acc[1];
+  vm = acc[2];
   if (threadIdx.x == 0) {
-    f = red[0];
-    wm = red[kWarps];
-    vm = red[2 * kWarps];
-    for (int k = 1; k < kWarps; ++k) {
-      f += red[k];
-      wm = nan_max(wm, red[kWarps + k]);
-      vm = nan_max(vm, red[2 * kWarps + k]);
-    }
     if (!isfinite(f)) fail<S>(st, 1, tau);
     int kw = 0, kv = 0;
     if (scaled) {
@@ -329,7 +310,10 @@ __global__ void final_kernel(const S* IN, const S* OUT, ColumnState* cs, ColumnR
     Mh = dev_fma(r[i], g[i], Mh);
     q = dev_fma(g[i], v[i], q);
   }
-  block_pair<0, 0>(Mh, q, red);
+  S acc[2] = {Mh, q};
+  block_reduce<0, 0>(red, acc);
+  Mh = acc[0];
+  q = acc[1];
   if (threadIdx.x == 0) {
     ColumnState& st = cs[j];
     Mh *= S(0.5);
@@ -511,10 +495,6 @@ bool forward_batch(const double* H, const S* w0, const S* wstar, int d, const do
     *error = "d, m and t must be positive";
     return false;
   }
-  if (options.gemm < 0 || options.gemm > 4) {
-    *error = "gemm must be 0 (automatic), 1, 2, 3 or 4 (cuBLAS)";
-    return false;
-  }
   Stream stream;
   if (!check(cudaStreamCreateWithFlags(&stream.s, cudaStreamNonBlocking), "stream")) return false;
   Cublas blas;
@@ -612,7 +592,7 @@ bool forward_batch(const double* H, const S* w0, const S* wstar, int d, const do
       gemm_tiled_kernel<S><<<grid, 256, 0, s>>>(dH, dIN, slices > 1 ? dP : dOUT, d, n, span);
       if (slices > 1) {
         const size_t len = static_cast<size_t>(n) * dd;
-        skinny_reduce_kernel<S><<<static_cast<unsigned>((len + 255) / 256), 256, 0, s>>>(dP, dOUT, d, n, slices);
+        sum_slices_kernel<S><<<static_cast<unsigned>((len + 255) / 256), 256, 0, s>>>(dP, dOUT, d, n, slices);
       }
     } else {
       const dim3 grid((d + kSkinnyRows - 1) / kSkinnyRows, p.slices);
@@ -626,7 +606,7 @@ bool forward_batch(const double* H, const S* w0, const S* wstar, int d, const do
         gemm_skinny_kernel<S, 16><<<grid, kSkinnyRows, 0, s>>>(dH, dIN, p.slices > 1 ? dP : dOUT, d, n);
       if (p.slices > 1) {
         const size_t len = static_cast<size_t>(n) * dd;
-        skinny_reduce_kernel<S><<<static_cast<unsigned>((len + 255) / 256), 256, 0, s>>>(dP, dOUT, d, n, p.slices);
+        sum_slices_kernel<S><<<static_cast<unsigned>((len + 255) / 256), 256, 0, s>>>(dP, dOUT, d, n, p.slices);
       }
     }
   };
