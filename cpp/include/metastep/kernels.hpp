@@ -169,7 +169,7 @@ class DenseOp {
     // pack every column, group by group (KC columns per group, the KC entries of row k
     // consecutive): one stream per group, read again for every row panel from cache
     std::vector<S>& xp = pack_buffer(n * cols_);
-    std::vector<S*> os(static_cast<size_t>(n));
+    std::vector<S*>& os = out_buffer(n);  // no allocation per product once the batch size was seen
     for (Index c = 0; c < n; ++c) os[static_cast<size_t>(c)] = out + c * ldo;
     for (Index c = 0; c < n; c += KC) {
       const Index kc = std::min<Index>(KC, n - c);
@@ -207,6 +207,11 @@ class DenseOp {
   // Scratch for the packed right-hand sides: one per thread (the operator itself is shared).
   static std::vector<S>& pack_buffer(Index size) {
     thread_local std::vector<S> buf;
+    if (buf.size() < static_cast<size_t>(size)) buf.resize(static_cast<size_t>(size));
+    return buf;
+  }
+  static std::vector<S*>& out_buffer(Index size) {
+    thread_local std::vector<S*> buf;
     if (buf.size() < static_cast<size_t>(size)) buf.resize(static_cast<size_t>(size));
     return buf;
   }
