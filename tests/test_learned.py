@@ -428,6 +428,68 @@ def test_quick_e6_margin_exceeds_e5(quick_learned_runs):
     assert f["tbt"]["train_acc"]["mean"] > f["tbv"]["train_acc"]["mean"] + 0.05
 
 
+# ---------------------------------------------------------------- parallel meta-training (jobs)
+#: a tiny version of the quick scale with 2 meta-training runs per method; with seed 4 TbT keeps its
+#: second run and TbV its first, so the choice among runs is exercised too
+_JOBS_SCALE = {"meta_steps": 6, "select_every": 3, "meta_runs": 2, "eval_steps": 60, "eval_runs": 3, "record_every": 30}
+
+
+def test_jobs_give_bitwise_identical_results(tmp_path, monkeypatch):
+    from metastep import experiments
+    from metastep.experiments import learned_tbt_tbv as lt
+    monkeypatch.setitem(lt.SCALES, "quick", dict(lt.SCALES["quick"], **_JOBS_SCALE))
+    runs = {j: experiments.run("e5", str(tmp_path / f"jobs{j}"), quick=True, seed=4, progress=j > 1, jobs=j)
+            for j in (1, 2)}
+    for j, s in runs.items():
+        with open(tmp_path / f"jobs{j}" / "e5" / "summary.json") as fh:
+            on_disk = json.load(fh)
+        assert on_disk["jobs"] == j and on_disk["config"]["jobs"] == j
+        for m, chosen in (("tbt", 1), ("tbv", 0)):
+            info = on_disk["meta_training"][m]
+            assert len(info["run_seconds"]) == 2 and all(t > 0 for t in info["run_seconds"])
+            assert info["chosen_run"] == chosen == int(np.argmin(info["run_best_scores"]))
+        assert on_disk["timing"]["meta_training_wall"] > 0
+    for m in ("tbt", "tbv"):
+        a, b = (learned.LearnedOptimizer.load(str(tmp_path / f"jobs{j}" / "e5" / f"e5_optimizer_{m}.npz")) for j in (1, 2))
+        assert a.phi.tobytes() == b.phi.tobytes()
+        assert set(a.history) == set(b.history)
+        for k in a.history:
+            assert a.history[k].tobytes() == b.history[k].tobytes(), (m, k)
+        assert a.config == b.config
+    curves = []
+    for j in (1, 2):
+        with open(tmp_path / f"jobs{j}" / "e5" / "e5_curves.json") as fh:
+            curves.append(json.load(fh))
+    for key in ("curves", "meta_history", "sgd_lr", "sgd_grid"):
+        assert curves[0][key] == curves[1][key], key
+    assert runs[1]["margin"] == runs[2]["margin"] and runs[1]["final"] == runs[2]["final"]
+
+
+def test_jobs_bad_values_and_worker_errors(tmp_path, digits_split):
+    from metastep import cli, experiments
+    from metastep.experiments import learned_tbt_tbv as lt
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        experiments.run("e5", str(tmp_path), quick=True, jobs=0)
+    with pytest.raises(TypeError, match="jobs must be an integer"):
+        experiments.run("e5", str(tmp_path), quick=True, jobs=2.0)
+    with pytest.raises(ValueError, match="applies to e5, e6, e7"):
+        experiments.run("e2", str(tmp_path), quick=True, jobs=2)
+    assert not os.path.exists(tmp_path / "e5") and not os.path.exists(tmp_path / "e2")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["reproduce", "e5", "--out", str(tmp_path), "--jobs", "0"])
+    assert cli.main(["reproduce", "e2", "--out", str(tmp_path), "--jobs", "2"]) == 2
+    assert cli.build_parser().parse_args(["reproduce", "e5", "--out", "x"]).jobs == 1
+    from metastep.experiments.report import rerun_command
+    assert rerun_command("e6", "x", False, 0, True, 6) == "metastep reproduce e6 --out x --paper-scale --jobs 6"
+    assert rerun_command("e2", "x", False, 0, False, 6) == "metastep reproduce e2 --out x"
+    # an exception in a worker process comes back naming the run, with the worker's error as its cause
+    pool, _ = digits_split
+    bad = dict(pool=pool, spec=dict(method="tbx", n_train=10), sel={}, common=dict(meta_steps=1, progress=False))
+    with pytest.raises(RuntimeError, match=r"TBX run \d failed in a worker process: ValueError: method must be") as err:
+        lt._map(lt._meta_train_job, [bad, bad], 2, False, "test meta-training", ["TBX run 1", "TBX run 2"])
+    assert isinstance(err.value.__cause__, ValueError)
+
+
 def test_checkpoint_selection_and_rollback(digits_split):
     pool, _ = digits_split
     tr, va = pool.subset(np.arange(100)), pool.subset(np.arange(100, 200))

@@ -182,6 +182,17 @@ def _short(x: Any, limit: int = 90) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 def _supports_sweep(module: Any) -> bool:
     """Whether an experiment's ``run`` takes ``workers`` and ``scheduler`` (metastep.sweep)."""
     import inspect
@@ -192,7 +203,9 @@ def _supports_sweep(module: Any) -> bool:
 def _run_one(name: str, args: argparse.Namespace, opts: dict) -> dict:
     """Run one experiment as ``metastep reproduce NAME`` would and return its summary."""
     from . import experiments
-    extra = {"paper": True} if getattr(args, "paper_scale", False) and name in ("e5", "e6", "e7") else {}
+    extra: dict = {"paper": True} if getattr(args, "paper_scale", False) and name in experiments.LEARNED else {}
+    if getattr(args, "jobs", 1) != 1 and name in experiments.LEARNED:
+        extra["jobs"] = args.jobs
     if opts and _supports_sweep(experiments.get(name)):
         return experiments.get(name).run(args.out, quick=args.quick, seed=args.seed,
                                          progress=not args.no_progress, **opts, **extra)
@@ -212,6 +225,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     if args.all or args.name == "all":
         return _reproduce_all(args)
     opts = cli_options(args)
+    if args.jobs != 1 and args.name not in experiments.LEARNED:
+        raise ValueError(f"--jobs applies to {', '.join(experiments.LEARNED)} (and --all), not {args.name}")
     if opts and not _supports_sweep(experiments.get(args.name)):
         supported = [n for n in experiments.EXPERIMENTS if _supports_sweep(experiments.get(n))]
         raise ValueError(f"{args.name} does not support --workers/--scheduler (supported: {', '.join(supported)})")
@@ -241,7 +256,7 @@ def _reproduce_all(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.set_postfix_str(name)
         t0 = time.perf_counter()
-        cmd = rerun_command(name, args.out, args.quick, args.seed, paper)
+        cmd = rerun_command(name, args.out, args.quick, args.seed, paper, args.jobs)
         try:
             summary = _run_one(name, args, opts)
             run = ExperimentRun(name, summary, time.perf_counter() - t0, cmd)
@@ -262,7 +277,8 @@ def _reproduce_all(args: argparse.Namespace) -> int:
             _print_checks(f"metastep reproduce {run.name}{' --quick' if args.quick else ''}", run.summary,
                           f"{args.out}/{run.name}/summary.json")
     command = "metastep reproduce --all --out " + args.out + (" --quick" if args.quick else "") + \
-        (f" --seed {args.seed}" if args.seed else "") + (" --paper-scale" if paper else "")
+        (f" --seed {args.seed}" if args.seed else "") + (" --paper-scale" if paper else "") + \
+        (f" --jobs {args.jobs}" if args.jobs != 1 else "")
     paths = write_index(args.out, runs, title="metastep reproduce --all" + (" --quick" if args.quick else ""),
                         command=command)
     print()
@@ -368,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--paper-scale", action="store_true",
                    help="E5-E7: the paper's truncation schedule, 1000 meta-steps, 3 meta-training runs per method, "
                    "10 evaluation runs of 3000 steps (hours)")
+    r.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+                   help="E5-E7: run the independent meta-training runs (2 methods x meta_runs) and the evaluation "
+                   "runs in N worker processes (default 1; the results are the same for any N)")
     r.set_defaults(func=cmd_reproduce)
 
     s = sub.add_parser("stability", help="sweep mode x precision x t x eta against the exact oracle",

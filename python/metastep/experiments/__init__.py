@@ -40,12 +40,24 @@ def get(name: str) -> Any:
     return importlib.import_module(f"{__name__}.{EXPERIMENTS[name]}")
 
 
+#: experiments whose ``run`` takes ``paper`` (the paper's scale) and ``jobs`` (worker processes)
+LEARNED = ("e5", "e6", "e7")
+
+
 def run(name: str, out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True,
-        paper: bool = False) -> Dict[str, Any]:
-    """Run experiment ``name`` (see the module docstrings); ``paper`` (E5–E7 only): paper scale."""
+        paper: bool = False, jobs: int = 1) -> Dict[str, Any]:
+    """Run experiment ``name`` (see the module docstrings). E5–E7 only: ``paper``, the paper's
+    scale; ``jobs``, worker processes for their independent meta-training and evaluation runs."""
+    from .learned_tbt_tbv import check_jobs
+    jobs = check_jobs(jobs)
+    extra: Dict[str, Any] = {}
     if paper:
-        return get(name).run(out_dir, quick=quick, seed=seed, progress=progress, paper=True)
-    return get(name).run(out_dir, quick=quick, seed=seed, progress=progress)
+        extra["paper"] = True
+    if jobs != 1:
+        if name not in LEARNED:
+            raise ValueError(f"jobs applies to {', '.join(LEARNED)} only, not {name}")
+        extra["jobs"] = jobs
+    return get(name).run(out_dir, quick=quick, seed=seed, progress=progress, **extra)
 
 
 def check(name: str, passed: Any, measured: Any, expected: Any) -> Dict[str, Any]:

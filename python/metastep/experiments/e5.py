@@ -22,6 +22,8 @@ def _checks(res: Dict[str, Any], out_dir: str) -> List[Dict[str, Any]]:
                               "TbT's by more than the spread over evaluation runs")]
 
 
-def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True, paper: bool = False) -> Dict[str, Any]:
-    """Run E5 into ``out_dir/e5``; ``paper=True`` uses the paper's truncation schedule and more meta-steps."""
-    return run_setting(NAME, "few samples", N, 0.0, out_dir, quick, seed, progress, paper, _checks)
+def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True, paper: bool = False,
+        jobs: int = 1) -> Dict[str, Any]:
+    """Run E5 into ``out_dir/e5``; ``paper=True`` uses the paper's truncation schedule and more meta-steps;
+    ``jobs`` worker processes run the independent meta-training and evaluation runs (same results)."""
+    return run_setting(NAME, "few samples", N, 0.0, out_dir, quick, seed, progress, paper, _checks, jobs=jobs)

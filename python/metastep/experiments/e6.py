@@ -32,6 +32,8 @@ def _checks(res: Dict[str, Any], out_dir: str) -> List[Dict[str, Any]]:
     return out
 
 
-def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True, paper: bool = False) -> Dict[str, Any]:
-    """Run E6 into ``out_dir/e6``; ``paper=True`` uses the paper's truncation schedule and more meta-steps."""
-    return run_setting(NAME, "few samples, 20% label noise", N, NOISE, out_dir, quick, seed, progress, paper, _checks)
+def run(out_dir: str, quick: bool = False, seed: int = 0, progress: bool = True, paper: bool = False,
+        jobs: int = 1) -> Dict[str, Any]:
+    """Run E6 into ``out_dir/e6``; ``paper=True`` uses the paper's truncation schedule and more meta-steps;
+    ``jobs`` worker processes run the independent meta-training and evaluation runs (same results)."""
+    return run_setting(NAME, "few samples, 20% label noise", N, NOISE, out_dir, quick, seed, progress, paper, _checks, jobs=jobs)

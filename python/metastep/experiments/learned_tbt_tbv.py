@@ -17,13 +17,19 @@ Protocol (one setting = sample size n per task and label-noise fraction):
    train and test accuracy along the way. "Final" = at the last step.
 The margin is mean(TbV final test acc) − mean(TbT final test acc); the spread is the larger of the
 two standard deviations over runs.
+
+Parallel runs (``jobs > 1``, CLI ``--jobs N``): the 2 × ``meta_runs`` meta-training runs and then the
+evaluation runs go to a pool of N worker processes (started with ``spawn``); every run receives
+exactly the arguments it gets with ``jobs = 1`` and the results are collected in the same order, so
+the output is bit-for-bit the same. A script that calls this with ``jobs > 1`` needs the usual
+``if __name__ == "__main__":`` guard (the workers import the main module); the CLI has it.
 """
 from __future__ import annotations
 
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -72,11 +78,18 @@ SCALES: Dict[str, Dict[str, Any]] = {
 
 
 def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: str, quick: bool, seed: int,
-                progress: bool, paper: bool, checks_fn: Any) -> Dict[str, Any]:
+                progress: bool, paper: bool, checks_fn: Any, jobs: int = 1) -> Dict[str, Any]:
+    """Run one setting (see the module docstring) into ``out_dir/name`` and return its summary.
+
+    ``jobs``: worker processes for the independent meta-training runs (2 methods × ``meta_runs``)
+    and the evaluation runs; 1 runs everything in this process. Every run gets the same arguments
+    either way, so the results are bit-for-bit the same for any ``jobs``.
+    """
+    jobs = check_jobs(jobs)
     t_start = time.perf_counter()
     scale = "quick" if quick else ("paper" if paper else "default")
     cfg = dict(SCALES[scale], n=n, noise=noise, scale=scale, dtype="float32", lr=1e-2, clip=1e4,
-               init_output_scale=INIT_OUTPUT_SCALE)
+               init_output_scale=INIT_OUTPUT_SCALE, jobs=jobs)
     cfg.setdefault("sizes", list(learned.DIGITS_SIZES))
     sizes = list(cfg["sizes"])
     cfg.setdefault("estimator", ESTIMATOR)
@@ -106,23 +119,25 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
     sel = dict(select_every=cfg["select_every"], select_steps=cfg["eval_steps"], rollback=cfg["rollback"])
     specs = {"tbt": dict(method="tbt", n_train=n_eff, select_on=(sel_all, sel_all)),
              "tbv": dict(method="tbv", n_train=n_eff // 2, n_valid=n_eff - n_eff // 2, select_on=(sel_tr, sel_va))}
-    restarts: Dict[str, List[float]] = {}
-    for m, spec in specs.items():
-        # independent meta-training runs (seeds seed, seed + 1000, ...); the one whose best checkpoint
-        # scores lowest on the method's own meta-objective is kept
-        t0 = time.perf_counter()
-        best = None
-        restarts[m] = []
-        for k in range(cfg["meta_runs"]):
-            kw = dict(common, seed=seed + 1000 * k)
-            o = learned.meta_train(pool, desc=f"{name} meta-training {m.upper()} (run {k + 1}/{cfg['meta_runs']})",
-                                   **spec, **sel, **kw)
-            score = min(e["score"] for e in o.config["selection"]["scores"]) if sel["select_every"] else 0.0
-            restarts[m].append(score)
-            if best is None or score < best[0]:
-                best = (score, o)
-        opts[m] = best[1]
-        timing[f"meta_train_{m}"] = time.perf_counter() - t0
+    # the independent meta-training runs: each method × ``meta_runs`` runs (seeds seed, seed + 1000, ...);
+    # per method, the run whose best checkpoint scores lowest on the method's own meta-objective is kept
+    runs = [(m, k) for m in specs for k in range(cfg["meta_runs"])]
+    run_kwargs = [dict(spec=specs[m], sel=sel, common=dict(common, seed=seed + 1000 * k)) for m, k in runs]
+    run_desc = [f"{name} meta-training {m.upper()} (run {k + 1}/{cfg['meta_runs']})" for m, k in runs]
+    t0 = time.perf_counter()
+    trained = _run_meta_training(pool, run_kwargs, run_desc, jobs, progress, name)
+    timing["meta_training_wall"] = time.perf_counter() - t0
+    run_scores: Dict[str, List[float]] = {m: [] for m in specs}
+    run_seconds: Dict[str, List[float]] = {m: [] for m in specs}
+    for (m, k), (o, secs) in zip(runs, trained):
+        score = min(e["score"] for e in o.config["selection"]["scores"]) if sel["select_every"] else 0.0
+        run_scores[m].append(score)
+        run_seconds[m].append(secs)
+        if m not in opts or score < min(run_scores[m][:-1]):
+            opts[m] = o
+    for m in specs:
+        # the summed wall time of the method's runs (with jobs > 1 they overlapped)
+        timing[f"meta_train_{m}"] = float(sum(run_seconds[m]))
     paths = []
     for m, o in opts.items():
         p = os.path.join(exp_dir, f"{name}_optimizer_{m}.npz")
@@ -138,14 +153,13 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
 
     t0 = time.perf_counter()
     curves: Dict[str, List[learned.Curve]] = {m: [] for m in METHODS}
-    for r in progress_iter(range(cfg["eval_runs"]), progress, f"{name} evaluation runs"):
-        sub = pool if n is None else pool.subset(np.sort(np.random.default_rng(seed + 1000 + r).permutation(pool.n)[:n_eff]))
-        kw = dict(steps=cfg["eval_steps"], record_every=cfg["record_every"], init_seed=seed + 100 + r,
-                  batch_seed=seed + 200 + r, dtype="float32", sizes=sizes)
-        curves["tbt"].append(learned.train_curve(opts["tbt"], sub, test, **kw))
-        curves["tbv"].append(learned.train_curve(opts["tbv"], sub, test, **kw))
-        curves["sgd"].append(learned.train_curve("sgd", sub, test, lr=tuned["lr"], **kw))
-        curves["adam"].append(learned.train_curve("adam", sub, test, lr=1e-3, **kw))
+    eval_args = [dict(pool=pool, test=test, n=n, n_eff=n_eff, seed=seed, r=r, eval_steps=cfg["eval_steps"],
+                      record_every=cfg["record_every"], sizes=sizes, phi={m: o.phi for m, o in opts.items()},
+                      sgd_lr=tuned["lr"]) for r in range(cfg["eval_runs"])]
+    for run_curves in _map(_evaluation_run, eval_args, jobs, progress, f"{name} evaluation runs",
+                           [f"evaluation run {r + 1}/{cfg['eval_runs']}" for r in range(cfg["eval_runs"])]):
+        for m in METHODS:
+            curves[m].append(run_curves[m])
     timing["evaluation"] = time.perf_counter() - t0
 
     final = {m: {"test_acc": np.array([c.test_acc[-1] for c in cs]), "train_acc": np.array([c.train_acc[-1] for c in cs]),
@@ -163,7 +177,9 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
                      "final_meta_loss_mean_last10": float(np.nanmean(o.history["meta_loss"][-10:]))}
                  for m, o in opts.items()}
     for m in opts:
-        meta_info[m]["run_best_scores"] = restarts[m]
+        meta_info[m]["run_best_scores"] = run_scores[m]
+        meta_info[m]["run_seconds"] = run_seconds[m]
+        meta_info[m]["chosen_run"] = int(run_scores[m].index(min(run_scores[m])))
         meta_info[m]["stall_restarts"] = opts[m].config.get("stall", {}).get("restarts", [])
     res = {"config": cfg, "curves": curves, "final": final, "stats": stats, "margin": margin, "spread": spread,
            "sgd_tuning": tuned, "meta": meta_info, "optimizers": opts, "timing": timing, "title": title}
@@ -181,12 +197,118 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
     timing["output"] = time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     timing["total"] = seconds
-    summary = write_summary(exp_dir, name, checks, seconds, quick=quick, paper_scale=paper, seed=seed,
+    summary = write_summary(exp_dir, name, checks, seconds, quick=quick, paper_scale=paper, seed=seed, jobs=jobs,
                             config={k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
                             margin=margin, spread=spread, final=stats, sgd_lr=tuned["lr"], meta_training=meta_info,
                             timing=timing, figures=figures, data=paths)
     summary["results"] = res
     return summary
+
+
+def check_jobs(jobs: Any) -> int:
+    """``jobs`` as a positive int (TypeError for a non-integer, ValueError below 1)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)):
+        raise TypeError(f"jobs must be an integer, got {type(jobs).__name__}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1 (worker processes), got {jobs}")
+    return int(jobs)
+
+
+def _worker_init(kernel_path: str) -> None:
+    """Worker start-up: the same inner-network kernel build as the parent (a forced portable path,
+    set by ``_core.nn_kernel_path``, is not inherited by a spawned process)."""
+    from .. import _core
+    _core.nn_kernel_path(kernel_path)
+
+
+def _meta_train_job(kw: Dict[str, Any]) -> Tuple[learned.LearnedOptimizer, float]:
+    """One meta-training run (in this process or a worker) and its wall time in seconds."""
+    t0 = time.perf_counter()
+    o = learned.meta_train(kw["pool"], desc=kw.get("desc"), **kw["spec"], **kw["sel"], **kw["common"])
+    return o, time.perf_counter() - t0
+
+
+def _evaluation_run(kw: Dict[str, Any]) -> Dict[str, learned.Curve]:
+    """Evaluation run ``r``: the same n rows of the pool and the same fresh network for every optimizer."""
+    pool, seed, r, n_eff = kw["pool"], kw["seed"], kw["r"], kw["n_eff"]
+    sub = pool if kw["n"] is None else pool.subset(
+        np.sort(np.random.default_rng(seed + 1000 + r).permutation(pool.n)[:n_eff]))
+    c_kw = dict(steps=kw["eval_steps"], record_every=kw["record_every"], init_seed=seed + 100 + r,
+                batch_seed=seed + 200 + r, dtype="float32", sizes=kw["sizes"])
+    out = {m: learned.train_curve(learned.LearnedOptimizer(phi, m), sub, kw["test"], **c_kw)
+           for m, phi in kw["phi"].items()}
+    out["sgd"] = learned.train_curve("sgd", sub, kw["test"], lr=kw["sgd_lr"], **c_kw)
+    out["adam"] = learned.train_curve("adam", sub, kw["test"], lr=1e-3, **c_kw)
+    return out
+
+
+def _map(fn: Callable[[Dict[str, Any]], Any], args: Sequence[Dict[str, Any]], jobs: int, progress: bool, desc: str,
+         labels: Sequence[str], note: Optional[Callable[[int, Any], str]] = None) -> List[Any]:
+    """``[fn(a) for a in args]``, in this process (jobs = 1) or in ``jobs`` spawned worker processes.
+
+    Results come back in the order of ``args`` whatever the order of completion. With workers, a
+    progress bar counts the finished items and ``note(i, result)`` (if given) is printed for each; an
+    exception in a worker cancels the items not yet started and is raised here as a RuntimeError
+    naming the item (``labels[i]``), with the worker's exception (and its traceback) as the cause.
+    """
+    if jobs == 1:
+        out = []
+        for a in progress_iter(args, progress, desc):
+            out.append(fn(a))
+        return out
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    from .. import _core
+    kernel_path = "portable" if _core.nn_kernel_path("") == "portable" else "auto"
+    results: List[Any] = [None] * len(args)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(args), desc=f"{desc} ({min(jobs, len(args))} processes)", leave=False)
+    ex = ProcessPoolExecutor(max_workers=min(jobs, len(args)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(kernel_path,))
+    try:
+        futures = {ex.submit(fn, a): i for i, a in enumerate(args)}
+        for fut in as_completed(futures):
+            i = futures[fut]
+            try:
+                results[i] = fut.result()
+            except BrokenProcessPool as exc:
+                raise RuntimeError(f"{desc}: a worker process died while running {labels[i]} (killed, out of "
+                                   "memory, crashed, or the calling script lacks an `if __name__ == '__main__':` "
+                                   "guard); rerun with jobs=1 to see the error in this process") from exc
+            except Exception as exc:
+                raise RuntimeError(f"{desc}: {labels[i]} failed in a worker process: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+            if bar is not None:
+                bar.update(1)
+                if note is not None:
+                    bar.write(note(i, results[i]))
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def _run_meta_training(pool: data.Dataset, run_kwargs: List[Dict[str, Any]], run_desc: List[str], jobs: int,
+                       progress: bool, name: str) -> List[Tuple[learned.LearnedOptimizer, float]]:
+    """The meta-training runs of one setting, each as ``learned.meta_train(pool, **spec, **sel, **common)``:
+    one after another with a progress bar per run (jobs = 1), or in worker processes with one line per
+    finished run."""
+    if jobs == 1:
+        return [_meta_train_job(dict(kw, pool=pool, desc=d)) for kw, d in zip(run_kwargs, run_desc)]
+    args = [dict(kw, pool=pool, desc=d, common=dict(kw["common"], progress=False)) for kw, d in zip(run_kwargs, run_desc)]
+
+    def note(i: int, r: Tuple[learned.LearnedOptimizer, float]) -> str:
+        o, secs = r
+        sel = o.config.get("selection")
+        best = f", best checkpoint score {min(e['score'] for e in sel['scores']):.4g}" if sel else ""
+        return f"{run_desc[i]} finished in {secs:.1f} s{best}"
+
+    return _map(_meta_train_job, args, jobs, progress, f"{name} meta-training", run_desc, note)
 
 
 def _write(res: Dict[str, Any], exp_dir: str, name: str) -> List[str]:

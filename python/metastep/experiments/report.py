@@ -90,8 +90,8 @@ class ExperimentRun:
         return sum(bool(c.get("passed")) for c in self.checks)
 
 
-def rerun_command(name: str, out: str, quick: bool, seed: int, paper: bool = False) -> str:
-    """The command that reruns one experiment into the same folder."""
+def rerun_command(name: str, out: str, quick: bool, seed: int, paper: bool = False, jobs: int = 1) -> str:
+    """The command that reruns one experiment into the same folder (``jobs``: E5–E7's ``--jobs``)."""
     cmd = f"metastep reproduce {name} --out {out}"
     if quick:
         cmd += " --quick"
@@ -99,6 +99,8 @@ def rerun_command(name: str, out: str, quick: bool, seed: int, paper: bool = Fal
         cmd += f" --seed {seed}"
     if paper and name in ("e5", "e6", "e7"):
         cmd += " --paper-scale"
+    if jobs != 1 and name in ("e5", "e6", "e7"):
+        cmd += f" --jobs {jobs}"
     return cmd
 
 
