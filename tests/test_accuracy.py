@@ -253,3 +253,63 @@ def test_schedule_gradient_against_mpmath_iteration():
             got = [mp.mpf(np.format_float_scientific(np.longdouble(x), unique=True)) for x in r.grad_ext]
         errs = [_rel(a, b) for a, b in zip(got, g)]
         assert max(errs) <= tol, (mode, dtype, max(errs))
+
+
+# Exact mode for least squares near and beyond the ends of a precision's range. The constant part
+# of the training loss (the residual at the minimiser) and the validation residual are formed in
+# the wide type: float32 targets of 1e20 give losses of 1e40, past float32's largest number,
+# while the spectrum itself is ordinary (this used to give NaN). And when that residual is much
+# smaller than the terms it is computed from, its digits are rounding noise: flagged.
+def _lsq(n, d, y_scale, seed, n_valid=0, noise=None):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d))
+    if noise is None:
+        y = y_scale * rng.standard_normal(n)
+    else:
+        y = X @ rng.standard_normal(d) + noise * rng.standard_normal(n)
+    kw = {}
+    if n_valid:
+        kw = dict(X_valid=rng.standard_normal((n_valid, d)), y_valid=y_scale * rng.standard_normal(n_valid))
+    return ms.LeastSquares(X, y, w0=np.zeros(d), **kw)
+
+
+@pytest.mark.parametrize("on", ["train", "valid"])
+def test_exact_float32_beyond_float32_range(on):
+    p = _lsq(12, 3, 1e20, seed=31, n_valid=5)
+    for c in (0.5, 1.0, 1.7):
+        eta = c / p.L
+        for t in (3, 200):
+            v, g = _ref(p, eta, t, "final", on)
+            assert abs(v) > mp.mpf("1e39")  # outside float32's range
+            r = ms.metagrad(p, eta, t, on=on, mode="exact", dtype="float32")
+            assert r.status == "ok", (on, c, t, r.status)
+            assert _rel_log(r, "value", v) < 1e-3, (on, c, t, r.log_abs_value, float(mp.log(abs(v))))
+            if g != 0 and abs(mp.log(abs(g)) - mp.log(abs(v))) < 40:  # the gradient is not a rounding residue
+                assert _rel_log(r, "grad", g) < 1e-3, (on, c, t)
+
+
+def test_exact_flags_a_floor_below_the_rounding_level():
+    # y = X w + 1e-6 noise: the minimum residual is ~1e-7 of the terms X w it is formed from,
+    # below sqrt(eps) for float32 (2.4e-4) but not for float64 (1.5e-8)
+    p = _lsq(40, 10, 1.0, seed=32, noise=1e-6)
+    eta, t = 1.0 / p.L, 3000
+    v, _ = _ref(p, eta, t)
+    r64 = ms.metagrad(p, eta, t, mode="exact", dtype="float64")
+    assert r64.status == "ok"
+    assert _rel_log(r64, "value", v) < 1e-6
+    r32 = ms.metagrad(p, eta, t, mode="exact", dtype="float32")
+    assert r32.status == f"cancellation: meta-loss at step {t}", r32.status
+    # early on the floor is a negligible part of the loss: nothing to flag
+    r32_early = ms.metagrad(p, eta, 2, mode="exact", dtype="float32")
+    assert r32_early.status == "ok"
+    assert _rel_log(r32_early, "value", _ref(p, eta, 2)[0]) < 1e-3
+    # a floor 1e-30 of its terms (w0 far from a minimiser whose residual is tiny): every precision
+    # but mp has lost all its digits, and says so; mp agrees with the oracle
+    X = np.array([[1.3e13], [-0.7e13]])
+    q = ms.LeastSquares(X, np.array([3e-18, -1e-18]), w0=np.array([0.3]))
+    v, _ = _ref(q, 1.0 / q.L, 7)
+    for dt in ("float32", "float64", "longdouble"):
+        assert ms.metagrad(q, 1.0 / q.L, 7, mode="exact", dtype=dt).status == "cancellation: meta-loss at step 7", dt
+    rmp = ms.metagrad(q, 1.0 / q.L, 7, mode="exact", dtype="mp")
+    assert rmp.status == "ok"
+    assert _rel_log(rmp, "value", v) < 1e-20

@@ -28,6 +28,9 @@ struct Spectrum {
   std::vector<Wide> lam;     // eigenvalues (refined) of the components of the training loss
   std::vector<Wide> logW;    // log of the training-loss weights (-inf for a zero weight)
   Wide log_floor = -sm::infinity<Wide>();  // log of the constant part of the training loss
+  // the residual behind log_floor, X wbar - y, cancelled to below half of S's digits: the floor
+  // is then mostly rounding noise of the decomposition (flagged where it matters for M)
+  bool floor_cancelled = false;
   Wide L = 0, alpha = 0;     // largest and smallest eigenvalue of the Hessian
   std::string problem;       // non-empty: the decomposition could not be trusted (why)
   // Validation part: components that move (lambda > 0).
@@ -35,10 +38,13 @@ struct Spectrum {
   std::vector<Wide> lam_v;
   Vec<S> c;
   Mat<S> B;
-  Vec<S> r_inf;
+  // the validation residual at the limit, r_inf = X' wbar - y', formed in the wide type (its
+  // entries and norm can lie outside S's range): its direction in S and the log of its norm
+  Vec<S> r_inf_dir;
+  Wide log_r_inf = -sm::infinity<Wide>();
   // |X'| (|w0| + |V||c|) + |y'|: the size of the terms whose sum is r_inf (its rounding error
   // is about eps times this), for the cancellation check of the validation residual
-  Vec<S> r_inf_mag;
+  Eigen::Matrix<Wide, Eigen::Dynamic, 1> r_inf_mag;
   Index n_valid = 0;
 };
 
@@ -97,11 +103,41 @@ W log_or_neg_inf(const W& x) {
   return x > W(0) ? sm::log(x) : -sm::infinity<W>();
 }
 
+// log ||r|| of a wide vector with no overflow or underflow on the way (-inf for r = 0; NaN
+// when an entry is NaN, +inf when one is infinite).
+template <class W>
+W log_norm(const Eigen::Matrix<W, Eigen::Dynamic, 1>& r) {
+  W m = 0;
+  for (Index i = 0; i < r.size(); ++i) {
+    const W a = sm::abs(r[i]);
+    if (sm::isnan(a)) return a;
+    if (a > m) m = a;
+  }
+  if (!(m > W(0))) return -sm::infinity<W>();
+  if (!sm::isfinite(m)) return m;
+  W s = 0;
+  for (Index i = 0; i < r.size(); ++i) {
+    const W x = r[i] / m;
+    s += x * x;
+  }
+  return sm::log(m) + W(0.5) * sm::log(s);
+}
+
+// X w - y formed in the wide type W (for float and double inputs it cannot overflow there).
+template <class W, class S>
+Eigen::Matrix<W, Eigen::Dynamic, 1> wide_residual(const Mat<S>& X, const Vec<S>& w, const Vec<S>& y) {
+  return X.template cast<W>() * w.template cast<W>() - y.template cast<W>();
+}
+
 template <class S>
 void check_spectrum(Spectrum<S>& sp) {
   for (size_t i = 0; i < sp.lam.size(); ++i)
     if (!sm::isfinite(sp.lam[i]) || sm::isnan(sp.logW[i]) || sp.logW[i] == sm::infinity<typename Spectrum<S>::Wide>())
       sp.problem = "non-finite eigenvalue or weight (input outside the precision's range?)";
+  if (sm::isnan(sp.log_floor) || sp.log_floor == sm::infinity<typename Spectrum<S>::Wide>())
+    sp.problem = "non-finite constant part of the loss (input outside the precision's range?)";
+  if (sp.has_valid && (sm::isnan(sp.log_r_inf) || sp.log_r_inf == sm::infinity<typename Spectrum<S>::Wide>()))
+    sp.problem = "non-finite validation residual (input outside the precision's range?)";
 }
 
 template <class S>
@@ -124,9 +160,17 @@ void add_validation(Spectrum<S>& sp, const LeastSquares<S>& p, const ColMat<S>& 
     sp.has_valid = true;
     sp.n_valid = p.n_valid();
     sp.B = p.X_valid() * Vk;
-    sp.r_inf = p.X_valid() * wbar - p.y_valid();
+    using W = typename Spectrum<S>::Wide;
+    const Eigen::Matrix<W, Eigen::Dynamic, 1> r = wide_residual<W>(p.X_valid(), wbar, p.y_valid());
+    sp.log_r_inf = log_norm(r);
+    sp.r_inf_dir = Vec<S>::Zero(r.size());
+    if (sp.log_r_inf > -sm::infinity<W>() && sm::isfinite(sp.log_r_inf)) {
+      const W scale = sm::exp(W(-sp.log_r_inf));
+      for (Index i = 0; i < r.size(); ++i) sp.r_inf_dir[i] = S(W(r[i] * scale));
+    }
     const Vec<S> wmag = p.w0().cwiseAbs() + Vk.cwiseAbs() * sp.c.cwiseAbs();
-    sp.r_inf_mag = p.X_valid().cwiseAbs() * wmag + p.y_valid().cwiseAbs();
+    sp.r_inf_mag = p.X_valid().cwiseAbs().template cast<W>() * wmag.template cast<W>() +
+                   p.y_valid().cwiseAbs().template cast<W>();
   }
 }
 
@@ -234,10 +278,24 @@ Spectrum<S> make_spectrum(const LeastSquares<S>& p) {
     sp.L = Lmax;
     sp.alpha = amin;
     // Constant part: the training loss at the minimiser wbar nearest to w0.
+    // Formed in the wide type: ||X wbar - y||^2 / (2n) can exceed S's range (float32 targets
+    // of 1e20 give a floor of 1e40) while everything else stays inside it.
     const Vec<S> wbar = p.w0() - V * c;
-    Workspace<S> ws;
-    Vec<S> g(d);
-    sp.log_floor = log_or_neg_inf(W(p.value_grad(wbar, g, ws)));
+    const Eigen::Matrix<W, Eigen::Dynamic, 1> rf = wide_residual<W>(p.X(), wbar, p.y());
+    const W lr = log_norm(rf);
+    sp.log_floor = lr == -sm::infinity<W>() ? lr : W(2) * lr - sm::log(W(2) * W(n));
+    // wbar carries errors of about eps (|w0| + |V||c|) from the decomposition, so X wbar - y is
+    // known only to about eps times |X| (|w0| + |V||c|) + |y|; below sqrt(eps) of that, half the
+    // digits of the floor or more are noise (as in the validation check)
+    const Vec<S> wmag = p.w0().cwiseAbs() + V.cwiseAbs() * c.cwiseAbs();
+    const Eigen::Matrix<W, Eigen::Dynamic, 1> mag =
+        p.X().cwiseAbs().template cast<W>() * wmag.template cast<W>() + p.y().cwiseAbs().template cast<W>();
+    W big = 0, left = 0;
+    for (Index i = 0; i < n; ++i) {
+      big = std::max(big, mag[i]);
+      left = std::max(left, W(sm::abs(rf[i])));
+    }
+    sp.floor_cancelled = big > W(0) && sm::isfinite(big) && left < W(sm::sqrt(eps)) * big;
     add_validation(sp, p, V, c, lam, moving);
   }
   check_spectrum(sp);
@@ -312,6 +370,10 @@ ExactPoint<typename Spectrum<S>::Wide> exact_train(const Spectrum<S>& sp, const 
   ExactPoint<W> e;
   std::tie(e.log_M, e.sign_M) = val.result();
   std::tie(e.log_dM, e.sign_dM) = der.result();
+  // a floor that is mostly rounding noise, and at least sqrt(eps) of M: M has lost half its digits
+  if (sp.floor_cancelled && e.sign_M > 0 &&
+      sp.log_floor - e.log_M > W(0.5) * sm::log(W(sm::epsilon<S>())))
+    e.cancelled = true;
   return e;
 }
 
@@ -349,8 +411,7 @@ ExactPoint<typename Spectrum<S>::Wide> exact_valid(const Spectrum<S>& sp, const 
     if (sz[u] != 0) mz = std::max(mz, lz[u]);
     if (sd[u] != 0) md = std::max(md, ld[u]);
   }
-  const W rnorm = W(sp.r_inf.norm());
-  const W rho = detail::log_or_neg_inf(rnorm);
+  const W rho = sp.log_r_inf;
   const W m = std::max(rho, mz);
   ExactPoint<W> e;
   if (m == NEG_INF) return e;  // residual exactly zero for every t
@@ -364,9 +425,9 @@ ExactPoint<typename Spectrum<S>::Wide> exact_valid(const Spectrum<S>& sp, const 
   Vec<S> rt = sp.B * zh;
   // the same sum over absolute values: the scale of the terms that cancel in rt
   Vec<S> mag = sp.B.cwiseAbs() * zh.cwiseAbs();
-  if (rnorm > W(0)) rt += sp.r_inf * S(sm::exp(W(rho - m)) / rnorm);  // r_inf e^{-m}, norm <= 1
+  if (rho > NEG_INF) rt += sp.r_inf_dir * S(sm::exp(W(rho - m)));  // r_inf e^{-m}, norm <= 1
   for (Index j = 0; j < mag.size(); ++j) {
-    const W rm = W(sp.r_inf_mag[j]);
+    const W rm = sp.r_inf_mag[j];
     if (rm > W(0)) mag[j] += S(sm::exp(W(sm::log(rm) - m)));
   }
   // Half the digits or more cancelled between r_inf and B z (e.g. a minimizer far from w0 whose
