@@ -313,3 +313,25 @@ def test_exact_flags_a_floor_below_the_rounding_level():
     rmp = ms.metagrad(q, 1.0 / q.L, 7, mode="exact", dtype="mp")
     assert rmp.status == "ok"
     assert _rel_log(rmp, "value", v) < 1e-20
+
+
+def test_exact_flags_ill_conditioning_where_it_is_real():
+    """One component with eta*lambda within rounding of 1 and t = 153: the eigenvalue's own
+    error (~1e-19 relative in float64's long-double refinement) is amplified by 2 t eta / |1 - eta
+    lambda| ~ 1e18, so float64 and long double are off the oracle by ~20 % and must say so;
+    mp (256 bits) stays accurate and ok; and in benign cases the estimate is tiny."""
+    rng = np.random.default_rng(5)
+    p = ms.LeastSquares(rng.standard_normal((1, 5)), rng.standard_normal(1), w0=rng.standard_normal(5))
+    eta, t = 1.0 / p.L, 153
+    v, _ = _ref(p, eta, t)
+    for dt in ("float64", "longdouble"):
+        r = ms.metagrad(p, eta, t, mode="exact", dtype=dt)
+        assert _rel_log(r, "value", v) > 1e-2   # really wrong ...
+        assert r.status == f"ill-conditioned: meta-loss at step {t}", (dt, r.status)   # ... and flagged
+        assert r.diagnostics["value_rel_error"] > _rel_log(r, "value", v)   # a bound, not an underestimate
+    r = ms.metagrad(p, eta, t, mode="exact", dtype="mp")
+    assert r.status == "ok" and _rel_log(r, "value", v) < 1e-25
+    # benign: the same problem at eta = 0.5 / L
+    r = ms.metagrad(p, 0.5 / p.L, t, mode="exact", dtype="float64")
+    assert r.status == "ok" and r.diagnostics["value_rel_error"] < 1e-12
+    assert _rel_log(r, "value", _ref(p, 0.5 / p.L, t)[0]) < 1e-12

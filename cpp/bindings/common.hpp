@@ -69,6 +69,7 @@ inline py::dict diag_dict(const Diagnostics& g) {
   d["forward_steps"] = g.forward_steps;
   d["grad_condition"] = g.grad_condition;
   d["grad_rel_error"] = g.grad_rel_error;
+  d["value_rel_error"] = g.value_rel_error;
   return d;
 }
 

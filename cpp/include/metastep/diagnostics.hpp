@@ -81,6 +81,7 @@ struct Diagnostics {
   std::int64_t forward_steps = 0;      // inner steps of the first forward sweep
   double grad_condition = 0.0;         // sum|terms| / |sum| of the accumulated meta-gradient (reverse)
   double grad_rel_error = 0.0;         // estimated relative rounding error of the meta-gradient
+  double value_rel_error = 0.0;        // the same for the meta-objective (exact mode)
 
   void fail(Quantity q, const char* what, Steps at) {
     if (failed) return;

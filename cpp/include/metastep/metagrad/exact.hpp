@@ -32,6 +32,9 @@ struct Spectrum {
   // is then mostly rounding noise of the decomposition (flagged where it matters for M)
   bool floor_cancelled = false;
   Wide L = 0, alpha = 0;     // largest and smallest eigenvalue of the Hessian
+  // estimated absolute error of each lam (and lam_v): the result's sensitivity to it grows like
+  // 2 t eta / |1 - eta lam|, which no precision removes when eta lam is within rounding of 1
+  std::vector<Wide> dlam, dlam_v;
   std::string problem;       // non-empty: the decomposition could not be trusted (why)
   // Validation part: components that move (lambda > 0).
   bool has_valid = false;
@@ -140,6 +143,24 @@ void check_spectrum(Spectrum<S>& sp) {
     sp.problem = "non-finite validation residual (input outside the precision's range?)";
 }
 
+// Error estimate of eigenvalues refined as Rayleigh quotients in the wide type W from
+// eigenvectors computed in S (matrix size m, largest eigenvalue L): the quotient's own
+// rounding, about m eps_W L, plus the eigenvector error's second-order effect, r^2 / gap with
+// r = eps_S L sqrt(m) the residual norm, capped at r for clustered eigenvalues.
+template <class S, class W>
+std::vector<W> eigen_errors(const std::vector<W>& lam, const W& L, Index m) {
+  const W r = W(sm::epsilon<S>()) * L * sm::sqrt(W(m));
+  const W base = W(4) * W(m) * sm::epsilon<W>() * L;
+  std::vector<W> err(lam.size());
+  for (size_t i = 0; i < lam.size(); ++i) {
+    W gap = sm::infinity<W>();
+    for (size_t j = 0; j < lam.size(); ++j)
+      if (j != i) gap = std::min(gap, W(sm::abs(W(lam[i] - lam[j]))));
+    err[i] = base + (gap > r ? W(r * r / gap) : r);
+  }
+  return err;
+}
+
 template <class S>
 void add_validation(Spectrum<S>& sp, const LeastSquares<S>& p, const ColMat<S>& V, const Vec<S>& c_all,
                     const std::vector<typename Spectrum<S>::Wide>& lam, const std::vector<bool>& moving) {
@@ -150,10 +171,15 @@ void add_validation(Spectrum<S>& sp, const LeastSquares<S>& p, const ColMat<S>& 
   ColMat<S> Vk(p.dim(), k);
   sp.c.resize(k);
   sp.lam_v.resize(static_cast<size_t>(k));
+  sp.dlam_v.resize(static_cast<size_t>(k));
+  using Wd = typename Spectrum<S>::Wide;
+  const Wd Lall = lam.empty() ? Wd(0) : *std::max_element(lam.begin(), lam.end());
+  const std::vector<Wd> err = eigen_errors<S>(lam, Lall, static_cast<Index>(lam.size()));
   for (Index j = 0; j < k; ++j) {
     Vk.col(j) = V.col(keep[static_cast<size_t>(j)]);
     sp.c[j] = c_all[keep[static_cast<size_t>(j)]];
     sp.lam_v[static_cast<size_t>(j)] = lam[static_cast<size_t>(keep[static_cast<size_t>(j)])];
+    sp.dlam_v[static_cast<size_t>(j)] = err[static_cast<size_t>(keep[static_cast<size_t>(j)])];
   }
   const Vec<S> wbar = p.w0() - Vk * sp.c;
   if (p.has_valid()) {
@@ -180,6 +206,7 @@ void set_extremes(std::vector<W> const& lam, W& L, W& alpha) {
   alpha = lam.empty() ? W(0) : *std::min_element(lam.begin(), lam.end());
 }
 
+
 }  // namespace detail
 
 template <class S>
@@ -201,6 +228,7 @@ Spectrum<S> make_spectrum(const Quadratic<S>& p) {
                                                  : -sm::infinity<W>();
   }
   set_extremes(sp.lam, sp.L, sp.alpha);
+  sp.dlam = eigen_errors<S>(sp.lam, sp.L, p.dim());
   check_spectrum(sp);
   return sp;
 }
@@ -232,6 +260,7 @@ Spectrum<S> make_spectrum(const LeastSquares<S>& p) {
       sp.logW[static_cast<size_t>(j)] = a > W(0) ? W(2) * sm::log(a) - sm::log(W(2) * W(n)) : -sm::infinity<W>();
     }
     set_extremes(mu, sp.L, sp.alpha);
+    sp.dlam = eigen_errors<S>(mu, sp.L, n);
     if (n < d) sp.alpha = 0;
     // Directions in w-space: v_j = X^T p_j / sqrt(n mu_j), c_j = <r0, p_j> / sqrt(n mu_j).
     const W tol = W(eps) * W(std::max(n, d)) * sp.L;
@@ -277,6 +306,11 @@ Spectrum<S> make_spectrum(const LeastSquares<S>& p) {
     }
     sp.L = Lmax;
     sp.alpha = amin;
+    {
+      const std::vector<W> all = eigen_errors<S>(lam, Lmax, d);
+      for (Index i = 0; i < d; ++i)
+        if (moving[static_cast<size_t>(i)]) sp.dlam.push_back(all[static_cast<size_t>(i)]);
+    }
     // Constant part: the training loss at the minimiser wbar nearest to w0.
     // Formed in the wide type: ||X wbar - y||^2 / (2n) can exceed S's range (float32 targets
     // of 1e20 give a floor of 1e40) while everything else stays inside it.
@@ -348,6 +382,8 @@ struct ExactPoint {
   W log_dM = -sm::infinity<W>();
   int sign_dM = 0;
   bool cancelled = false;  // the residual is at the level of its rounding error (digits lost)
+  // estimated relative errors of M and dM/deta from the eigenvalues' errors (Spectrum::dlam)
+  double rel_M = 0, rel_dM = 0;
 };
 
 template <class S>
@@ -356,6 +392,8 @@ ExactPoint<typename Spectrum<S>::Wide> exact_train(const Spectrum<S>& sp, const 
   const W eta = W(eta_s), tt = W(static_cast<long double>(t));
   const W log2t = sm::log(W(2) * tt);
   detail::LogSum<W> val, der;
+  // per term: its log and the relative error it inherits from its eigenvalue's error
+  std::vector<std::pair<W, W>> val_err, der_err;
   val.add(sp.log_floor, 1);
   for (size_t i = 0; i < sp.lam.size(); ++i) {
     const W& lW = sp.logW[i];
@@ -363,13 +401,31 @@ ExactPoint<typename Spectrum<S>::Wide> exact_train(const Spectrum<S>& sp, const 
     const W& lam = sp.lam[i];
     const auto [lq, sq] = detail::log_one_minus(eta, lam);
     if (sq == 0) continue;  // (1 - eta lambda) = 0: the term vanishes (t >= 1)
-    val.add(lW + W(2) * tt * lq, 1);
+    const W lv = lW + W(2) * tt * lq;
+    val.add(lv, 1);
+    // d/dlam log|1 - eta lam| = -eta / (1 - eta lam); the weight W ~ lam c^2 adds dlam / lam
+    const W dl = i < sp.dlam.size() ? sp.dlam[i] : W(0);
+    const W sens = eta * dl / sm::abs(W(W(1) - eta * lam));
+    const W rel_lam = lam > W(0) ? W(dl / lam) : W(0);
+    val_err.emplace_back(lv, W(2) * tt * sens + rel_lam);
     // d/deta W (1 - eta lam)^(2t) = -2t lam W (1 - eta lam)^(2t-1); 2t - 1 is odd
-    if (lam > W(0)) der.add(lW + log2t + sm::log(lam) + (W(2) * tt - W(1)) * lq, -detail::parity_sign(sq, true));
+    if (lam > W(0)) {
+      const W ld = lW + log2t + sm::log(lam) + (W(2) * tt - W(1)) * lq;
+      der.add(ld, -detail::parity_sign(sq, true));
+      der_err.emplace_back(ld, (W(2) * tt - W(1)) * sens + W(2) * rel_lam);
+    }
   }
   ExactPoint<W> e;
   std::tie(e.log_M, e.sign_M) = val.result();
   std::tie(e.log_dM, e.sign_dM) = der.result();
+  // first order: sum over terms of |term| / |sum| times the term's relative error
+  auto spread = [](const std::vector<std::pair<W, W>>& terms, const W& log_sum) {
+    double r = 0;
+    for (const auto& [l, err] : terms) r += sm::to_double(W(sm::exp(W(l - log_sum)) * err));
+    return r;
+  };
+  if (e.sign_M != 0) e.rel_M = spread(val_err, e.log_M);
+  if (e.sign_dM != 0) e.rel_dM = spread(der_err, e.log_dM);
   // a floor that is mostly rounding noise, and at least sqrt(eps) of M: M has lost half its digits
   if (sp.floor_cancelled && e.sign_M > 0 &&
       sp.log_floor - e.log_M > W(0.5) * sm::log(W(sm::epsilon<S>())))
@@ -387,12 +443,21 @@ ExactPoint<typename Spectrum<S>::Wide> exact_valid(const Spectrum<S>& sp, const 
   const W NEG_INF = -sm::infinity<W>();
   std::vector<W> lz(static_cast<size_t>(k), NEG_INF), ld(static_cast<size_t>(k), NEG_INF);
   std::vector<int> sz(static_cast<size_t>(k), 0), sd(static_cast<size_t>(k), 0);
+  // relative errors of z_i and dz_i/deta inherited from the eigenvalue errors: t eta dlam / |1 - eta
+  // lam| from the power, dlam / lam from c_i (a projection divided by lam) and from the factor lam
+  Vec<S> ez = Vec<S>::Zero(k), ed = Vec<S>::Zero(k);
   W mz = NEG_INF, md = NEG_INF;
   for (Index i = 0; i < k; ++i) {
     const size_t u = static_cast<size_t>(i);
     const W ci = W(sp.c[i]);
     if (ci == W(0)) continue;
     const W& lam = sp.lam_v[u];
+    {
+      const W dl = u < sp.dlam_v.size() ? sp.dlam_v[u] : W(0);
+      const W sens = eta * dl / sm::abs(W(W(1) - eta * lam)), rl = lam > W(0) ? W(dl / lam) : W(0);
+      ez[i] = S(W(tt * sens + rl));
+      ed[i] = S(W((tt - W(1)) * sens + W(2) * rl));
+    }
     const auto [lq, sq] = detail::log_one_minus(eta, lam);
     const int sc = ci > W(0) ? 1 : -1;
     const W lc = sm::log(sm::abs(ci));
@@ -436,14 +501,23 @@ ExactPoint<typename Spectrum<S>::Wide> exact_valid(const Spectrum<S>& sp, const 
   const S left = rt.size() ? rt.cwiseAbs().maxCoeff() : S(0);
   e.cancelled = big > S(0) && sm::isfinite(big) && left < sm::sqrt(sm::epsilon<S>()) * big;
   const W nrm2 = W(rt.squaredNorm());
+  // first-order error of rt from the errors of the z_i (all in the scaled units of rt)
+  const Vec<S> drt = sp.B.cwiseAbs() * zh.cwiseAbs().cwiseProduct(ez);
   if (nrm2 > W(0)) {
     e.log_M = W(2) * m + sm::log(nrm2) - sm::log(W(2) * W(sp.n_valid));
     e.sign_M = 1;
+    e.rel_M = 2.0 * sm::to_double(W(W(drt.norm()) / sm::sqrt(nrm2)));
   }
   if (md != NEG_INF) {
-    const W q = W((sp.B.transpose() * rt).dot(dh));
+    const Vec<S> Btr = sp.B.transpose() * rt;
+    const W q = W(Btr.dot(dh));
     e.sign_dM = (q > W(0)) - (q < W(0));
-    if (q != W(0)) e.log_dM = m + md + sm::log(sm::abs(q)) - sm::log(W(sp.n_valid));
+    if (q != W(0)) {
+      e.log_dM = m + md + sm::log(sm::abs(q)) - sm::log(W(sp.n_valid));
+      const W err = W((sp.B.cwiseAbs().transpose() * drt).dot(dh.cwiseAbs())) +
+                    W(Btr.cwiseAbs().dot(dh.cwiseAbs().cwiseProduct(ed)));
+      e.rel_dM = sm::to_double(W(err / sm::abs(q)));
+    }
   }
   return e;
 }
@@ -462,6 +536,19 @@ Outcome exact_outcome(const Spectrum<S>& sp, const S& eta, const MetaOptions& op
   }
   const ExactPoint<W> e = opt.valid ? exact_valid(sp, eta, opt.steps) : exact_train(sp, eta, opt.steps);
   if (e.cancelled) out.diag.fail(Quantity::meta_loss, "cancellation", opt.steps);
+  // eta lambda within rounding of 1 for some component and t large: the eigenvalues' own errors
+  // (dlam) move the result by more than cbrt(eps) of it (the limit of the other modes' checks)
+  {
+    const bool log_obj = opt.objective != Objective::final_loss;
+    const double rel_grad = log_obj ? e.rel_dM + e.rel_M : e.rel_dM;
+    const double limit = std::cbrt(sm::to_double(sm::epsilon<S>()));
+    out.diag.value_rel_error = e.rel_M;
+    if (!(e.rel_M <= limit)) out.diag.fail(Quantity::meta_loss, "ill-conditioned", opt.steps);
+    // the meta-gradient as in the other modes: near a stationary point its terms cancel and the
+    // estimate grows (kind "cancellation", which meta-training tolerates by default)
+    if (e.sign_dM != 0) out.diag.check_grad_error<S>(rel_grad, opt.steps);
+    else out.diag.grad_rel_error = rel_grad;
+  }
   const W t = W(static_cast<long double>(opt.steps));
   if (opt.objective == Objective::final_loss) {
     out.value = Num::of_log(e.log_M, e.sign_M);
