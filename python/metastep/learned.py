@@ -293,8 +293,9 @@ class LearnedOptimizer:
         meta = {"method": self.method, "config": self.config, "clipped_total": self.clipped_total,
                 "nonfinite_total": self.nonfinite_total, "nonfinite_events": self.nonfinite_events,
                 "seconds": self.seconds, "format": "metastep-learned-optimizer-1"}
-        arrays = {f"history_{k}": np.asarray(v) for k, v in self.history.items()}
-        np.savez(path, phi=self.phi, meta=np.array(json.dumps(meta)), **arrays)
+        arrays: Dict[str, Any] = {f"history_{k}": np.asarray(v) for k, v in self.history.items()}
+        arrays.update(phi=self.phi, meta=np.array(json.dumps(meta)))
+        np.savez(path, **arrays)
 
     @classmethod
     def load(cls, path: str) -> "LearnedOptimizer":
@@ -384,18 +385,18 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
     if n_train + n_valid > pool.n:
         raise ValueError(f"n_train + n_valid = {n_train + n_valid} exceeds the pool's {pool.n} samples")
     meta_steps = _posint(meta_steps, "meta_steps", 0)
-    cfg = {"estimator": estimator, "on_valid": method == "tbv", "n_train": n_train, "n_valid": n_valid,
+    cfg: Dict[str, Any] = {"estimator": estimator, "on_valid": method == "tbv", "n_train": n_train, "n_valid": n_valid,
            "batch_size": _posint(batch_size, "batch_size"), "meta_batch": _posint(meta_batch, "meta_batch", 0),
            "trunc_base": float(trunc_base), "trunc_mean": float(trunc_mean), "len_base": float(len_base),
            "len_mean": float(len_mean), "max_len": _posint(max_len, "max_len", 0), "lr": _posfloat(lr, "lr"),
            "rms_decay": float(rms_decay), "rms_bias_correction": bool(rms_bias_correction), "clip": _posfloat(clip, "clip"), "es_pairs": _posint(es_pairs, "es_pairs"),
            "es_sigma": _posfloat(es_sigma, "es_sigma"), "seed": _seed(seed)}
-    for k in ("trunc_base", "len_base"):
-        if not cfg[k] >= 1:
-            raise ValueError(f"{k} must be at least 1")
-    for k in ("trunc_mean", "len_mean"):
-        if not (math.isfinite(cfg[k]) and cfg[k] >= 0):
-            raise ValueError(f"{k} must be finite and non-negative")
+    for key in ("trunc_base", "len_base"):
+        if not cfg[key] >= 1:
+            raise ValueError(f"{key} must be at least 1")
+    for key in ("trunc_mean", "len_mean"):
+        if not (math.isfinite(cfg[key]) and cfg[key] >= 0):
+            raise ValueError(f"{key} must be finite and non-negative")
     if not 0 <= cfg["rms_decay"] < 1:
         raise ValueError("rms_decay must be in [0, 1)")
     init_output_scale = float(init_output_scale)
@@ -440,6 +441,7 @@ def meta_train(pool: Dataset, *, method: str = "tbt", n_train: int = 200, n_vali
 
     def _score(k: int) -> None:
         nonlocal best_phi
+        assert select_on is not None  # scoring runs only with select_every > 0, which requires it
         cand = LearnedOptimizer(trainer.phi, method)
         c = train_curve(cand, select_on[0], select_on[1], steps=select_steps, sizes=s,
                         record_every=max(1, select_steps // 20), init_seed=seed + 31337, batch_seed=seed + 4242,
@@ -595,6 +597,7 @@ def estimator_bias_variance(train: Dataset, meta: Dataset, *, phi: Any = None, l
             if r.nonfinite["failed"]:
                 raise FloatingPointError(f"sample {i}, estimator {est}: non-finite {r.nonfinite['quantity']} "
                                          f"at inner step {r.nonfinite['step']}")
+            assert r.grad is not None  # every estimator returns a gradient
             out[est].append(r.grad)
     arr = {k: np.array(v) for k, v in out.items()}
     return summarize_estimators(arr) | {"samples": arr, "config": {"length": length, "samples": samples,
