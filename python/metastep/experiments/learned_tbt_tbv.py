@@ -174,7 +174,7 @@ def run_setting(name: str, title: str, n: Optional[int], noise: float, out_dir: 
             curves[m].append(run_curves[m])
     timing["evaluation"] = time.perf_counter() - t0
 
-    final = {m: {"test_acc": np.array([c.test_acc[-1] for c in cs]), "train_acc": np.array([c.train_acc[-1] for c in cs]),
+    final: Dict[str, Dict[str, Any]] = {m: {"test_acc": np.array([c.test_acc[-1] for c in cs]), "train_acc": np.array([c.train_acc[-1] for c in cs]),
                  "test_loss": np.array([c.test_loss[-1] for c in cs]),
                  "nonfinite_runs": int(sum(c.nonfinite["failed"] for c in cs))} for m, cs in curves.items()}
     margin = float(final["tbv"]["test_acc"].mean() - final["tbt"]["test_acc"].mean())
