@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # E5-E7 at the paper's scale (`metastep reproduce eN --paper-scale`), several experiments at once,
 # each with its meta-training and evaluation runs spread over JOBS worker processes; one log and
-# one wall time per experiment. For a many-core machine: E5 + E6 with JOBS=6 use 12 cores.
+# one wall time per experiment (the logs get a line per finished meta-training run). One paper-scale
+# meta-training run took 10-15 CPU-minutes on the development machine, so an experiment needs at
+# least that long even with JOBS=6 on 6 free cores.
 #   EXPS="e5 e6 e7" JOBS=6 OUT=results/paper scripts/paper_scale.sh
 # WHEEL=metastep-....whl takes the compiled extension from a prebuilt wheel and runs this
 # checkout's Python code with it (for a machine without a build toolchain).
@@ -28,9 +30,9 @@ for e in $EXPS; do
   (
     t0=$(date +%s)
     if [ "$LIMIT" -gt 0 ]; then
-      timeout "$LIMIT" "$PY" -m metastep reproduce "$e" $SCALE --jobs "$JOBS" --no-progress --out "$OUT" > "$OUT/$e.log" 2>&1
+      timeout "$LIMIT" "$PY" -m metastep reproduce "$e" $SCALE --jobs "$JOBS" --out "$OUT" > "$OUT/$e.log" 2>&1
     else
-      "$PY" -m metastep reproduce "$e" $SCALE --jobs "$JOBS" --no-progress --out "$OUT" > "$OUT/$e.log" 2>&1
+      "$PY" -m metastep reproduce "$e" $SCALE --jobs "$JOBS" --out "$OUT" > "$OUT/$e.log" 2>&1
     fi
     rc=$?
     t1=$(date +%s)
