@@ -13,6 +13,7 @@ import numpy as np
 
 from . import api, problems
 from ._validate import DTYPES
+from .sweep import _positive
 from .sweep import add_cli_arguments as add_sweep_arguments
 
 
@@ -180,17 +181,6 @@ def _short(x: Any, limit: int = 90) -> str:
     else:
         text = json.dumps(x, default=str) if isinstance(x, (list, tuple)) else str(x)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
 
 
 def _supports_sweep(module: Any) -> bool:
@@ -384,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--paper-scale", action="store_true",
                    help="E5-E7: the paper's truncation schedule, 1000 meta-steps, 3 meta-training runs per method, "
                    "10 evaluation runs of 3000 steps (hours)")
-    r.add_argument("--jobs", type=_positive_int, default=1, metavar="N",
+    r.add_argument("--jobs", type=_positive, default=1, metavar="N",
                    help="E5-E7: run the independent meta-training runs (2 methods x meta_runs) and the evaluation "
                    "runs in N worker processes (default 1; the results are the same for any N)")
     r.set_defaults(func=cmd_reproduce)
