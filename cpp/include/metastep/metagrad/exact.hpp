@@ -101,11 +101,6 @@ std::vector<Wide> rayleigh(const ColMat<S>& M, bool gram, Index n, const ColMat<
   return lam;
 }
 
-template <class W>
-W log_or_neg_inf(const W& x) {
-  return x > W(0) ? sm::log(x) : -sm::infinity<W>();
-}
-
 // log ||r|| of a wide vector with no overflow or underflow on the way (-inf for r = 0; NaN
 // when an entry is NaN, +inf when one is infinite).
 template <class W>
