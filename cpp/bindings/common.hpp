@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,38 @@ namespace py = pybind11;
 namespace metastep::bind {
 
 using F64Array = py::array_t<double, py::array::c_style>;
+
+// Whether this call came from Python's main thread, the only one where signal handlers run.
+inline bool on_main_thread() {
+  const py::module_ threading = py::module_::import("threading");
+  return threading.attr("main_thread")().is(threading.attr("current_thread")());
+}
+
+// Runs work(stop) with the GIL released. The core's long loops poll `stop`; on the calling
+// thread, if it is Python's main thread, a poll runs Python's signal handlers about every 50 ms
+// (taking the GIL for that moment). A handler that raises (Ctrl-C's KeyboardInterrupt, or a
+// user's handler) ends the computation at the next step of every thread it uses, and its
+// exception is raised here: no thread is left running and no partial result is returned.
+template <class Work>
+auto interruptible(Work&& work) -> decltype(work(static_cast<Stop*>(nullptr))) {
+  std::function<bool()> check;
+  if (on_main_thread())
+    check = [] {
+      py::gil_scoped_acquire gil;
+      return PyErr_CheckSignals() != 0;  // the handler's exception stays set for the caller
+    };
+  Stop stop(std::move(check));
+  try {
+    py::gil_scoped_release release;
+    return work(&stop);
+  } catch (const Interrupted&) {
+    if (!PyErr_Occurred()) PyErr_SetNone(PyExc_KeyboardInterrupt);
+    throw py::error_already_set();
+  } catch (...) {
+    if (PyErr_Occurred()) throw py::error_already_set();  // a handler raised: that comes first
+    throw;
+  }
+}
 
 // Inputs arrive as C-contiguous float64 (checked by the Python layer; .noconvert() here
 // turns anything else into a TypeError) and are converted exactly to the compute type.

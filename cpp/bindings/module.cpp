@@ -166,11 +166,10 @@ PYBIND11_MODULE(_core, m) {
         opt.steps = steps;
         if (etas.ndim() != 1) throw std::invalid_argument("eta must be a 1-D array");
         std::vector<double> es(etas.data(), etas.data() + etas.shape(0));
-        std::vector<metastep::Outcome> outs;
-        {
-          py::gil_scoped_release release;
-          outs = metastep::exact_fast_batch(sp, es, opt, threads);
-        }
+        const std::vector<metastep::Outcome> outs = metastep::bind::interruptible([&](metastep::Stop* stop) {
+          opt.stop = stop;
+          return metastep::exact_fast_batch(sp, es, opt, threads);
+        });
         return metastep::bind::outcomes_dict(outs);
       },
       py::arg("spectrum"), py::arg("etas").noconvert(), py::arg("steps"), py::arg("objective"), py::arg("threads") = 1);

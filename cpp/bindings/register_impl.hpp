@@ -15,11 +15,7 @@ py::dict do_unroll(const Problem& p, double eta, const std::optional<F64Array>& 
     if (static_cast<Steps>(sched.size()) != steps) throw std::invalid_argument("schedule must have length steps");
     st.schedule = sched.data();
   }
-  Trajectory<S> tr;
-  {
-    py::gil_scoped_release release;
-    tr = unroll(p, st, steps);
-  }
+  const Trajectory<S> tr = interruptible([&](Stop* stop) { return unroll(p, st, steps, stop); });
   py::dict d;
   d["losses"] = doubles(tr.losses);
   d["log_losses"] = log_abs_doubles(tr.losses);
@@ -52,12 +48,16 @@ py::dict do_metagrad(const Problem& p, const std::string& mode_s, const F64Array
     if (static_cast<Steps>(sched.size()) != steps) throw std::invalid_argument("schedule must have length steps");
     StepSizes<S> st;
     st.schedule = sched.data();
-    py::gil_scoped_release release;
-    outs.push_back(run_mode(p, mode, st, opt));
+    outs.push_back(interruptible([&](Stop* stop) {
+      opt.stop = stop;
+      return run_mode(p, mode, st, opt);
+    }));
   } else {
     std::vector<S> es = to_std<S>(etas, "eta");
-    py::gil_scoped_release release;
-    outs = run_batch(p, mode, es, opt, threads);
+    outs = interruptible([&](Stop* stop) {
+      opt.stop = stop;
+      return run_batch(p, mode, es, opt, threads);
+    });
   }
   return outcomes_dict(outs);
 }
@@ -147,22 +147,21 @@ void bind_runs(py::module_& m, const std::string& sfx) {
           opt.valid = valid;
           opt.steps = steps;
           opt.checkpoints = checkpoints;
-          const MetaTrainConfig cfg = meta_config(config);
+          MetaTrainConfig cfg = meta_config(config);
           const bool exact = mode_s == "exact";
           if (exact && !sp) throw std::invalid_argument("the exact mode needs the problem's spectrum");
           if (exact && valid && !sp->has_valid) throw std::invalid_argument("on='valid' needs a validation set");
           const Mode mode = exact ? Mode::forward : parse_mode(mode_s);
           if (steps < 1) throw std::invalid_argument("steps must be at least 1");
-          MetaTrainTrace tr;
-          {
-            py::gil_scoped_release release;
-            tr = meta_train_loop(cfg, [&](double eta) {
+          const MetaTrainTrace tr = interruptible([&](Stop* stop) {
+            opt.stop = cfg.stop = stop;
+            return meta_train_loop(cfg, [&](double eta) {
               if (exact) return exact_outcome(*sp, S(eta), opt);
               StepSizes<S> st;
               st.eta = S(eta);
               return run_mode(p, mode, st, opt);
             });
-          }
+          });
           return trace_dict(tr);
         },
         py::arg("problem"), py::arg("spectrum"), py::arg("mode"), py::arg("steps"), py::arg("objective"),
@@ -254,11 +253,10 @@ void register_precision_impl(py::module_& m, const std::string& sfx) {
           opt.valid = valid;
           opt.steps = steps;
           std::vector<S> es = to_std<S>(etas, "eta");
-          std::vector<Outcome> outs;
-          {
-            py::gil_scoped_release release;
-            outs = exact_batch(sp, es, opt, threads);
-          }
+          const std::vector<Outcome> outs = interruptible([&](Stop* stop) {
+            opt.stop = stop;
+            return exact_batch(sp, es, opt, threads);
+          });
           return outcomes_dict(outs);
         },
         py::arg("spectrum"), py::arg("etas").noconvert(), py::arg("steps"), py::arg("objective"), py::arg("valid"),

@@ -146,13 +146,13 @@ void bind_nn(py::module_& m, const std::string& sfx) {
           const Dataset<S> d = data_of<S>(lay, X, y, "train");
           const Index B = std::min(batch, d.n());
           const auto plan = nn::batch_plan(d.n(), B, steps, seed);
-          {
-            py::gil_scoped_release rel;
+          interruptible([&](Stop* stop) {
             nn::Net<S> net(lay);
             nn::LearnedOpt<S> opt(lay);
             Vec<S> g, u;
             nn::MatC<S> Mp, Vp;
             for (Index s = 0; s < steps; ++s) {
+              poll(stop);
               net.gather(d, &plan[static_cast<size_t>(s * B)], B);
               net.forward(st.theta);
               net.backward(st.theta, g);
@@ -162,7 +162,7 @@ void bind_nn(py::module_& m, const std::string& sfx) {
               st.V.swap(Vp);
               ++st.step;
             }
-          }
+          });
           py::dict out;
           out["theta"] = out_vec<S>(st.theta);
           out["M"] = out_mat<S>(st.M);
@@ -251,11 +251,10 @@ void bind_nn(py::module_& m, const std::string& sfx) {
           cfg.batch_seed = batch_seed;
           const Vec<S> ph = cfg.opt == nn::InnerOpt::learned ? vec_of<S>(phi, nn::kOptParams, "phi") : Vec<S>();
           const Dataset<S> tr = data_of<S>(lay, Xtr, ytr, "train"), te = data_of<S>(lay, Xte, yte, "test");
-          nn::Curve<S> c;
-          {
-            py::gil_scoped_release rel;
-            c = nn::train_curve<S>(lay, ph, tr, te, cfg);
-          }
+          const nn::Curve<S> c = interruptible([&](Stop* stop) {
+            cfg.stop = stop;
+            return nn::train_curve<S>(lay, ph, tr, te, cfg);
+          });
           py::dict d;
           d["steps"] = c.steps;
           d["train_loss"] = c.train_loss;

@@ -56,9 +56,10 @@ Outcome run_mode(const Problem& p, Mode mode, const StepSizes<S>& eta, const Met
   throw std::invalid_argument("unknown mode");
 }
 
-// Run fn(i) for i in [0, n) on up to `threads` threads, each taking a contiguous block. Every
+// Run fn(i) for i in [0, n) on up to `threads` threads, each taking a contiguous block; the
+// calling thread takes the first block itself (so that it keeps polling a Stop it owns). Every
 // i is computed by the same code whatever the thread count, so results are bit-identical to a
-// serial run. The first exception (lowest index) is rethrown.
+// serial run. Every thread is joined before the first exception (lowest index) is rethrown.
 template <class Fn>
 void parallel_for(size_t n, int threads, Fn&& fn) {
   const size_t nt = std::max<size_t>(1, std::min<size_t>(n, static_cast<size_t>(std::max(1, threads))));
@@ -67,18 +68,18 @@ void parallel_for(size_t n, int threads, Fn&& fn) {
     return;
   }
   std::vector<std::exception_ptr> errors(nt);
+  auto block = [&](size_t k) {
+    const size_t lo = n * k / nt, hi = n * (k + 1) / nt;
+    try {
+      for (size_t i = lo; i < hi; ++i) fn(i);
+    } catch (...) {
+      errors[k] = std::current_exception();
+    }
+  };
   std::vector<std::thread> pool;
-  pool.reserve(nt);
-  for (size_t k = 0; k < nt; ++k) {
-    pool.emplace_back([&, k] {
-      const size_t lo = n * k / nt, hi = n * (k + 1) / nt;
-      try {
-        for (size_t i = lo; i < hi; ++i) fn(i);
-      } catch (...) {
-        errors[k] = std::current_exception();
-      }
-    });
-  }
+  pool.reserve(nt - 1);
+  for (size_t k = 1; k < nt; ++k) pool.emplace_back(block, k);
+  block(0);
   for (auto& th : pool) th.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
@@ -129,7 +130,10 @@ std::vector<Outcome> exact_batch(const Spectrum<S>& sp, const std::vector<S>& et
   if (opt.steps < 1) throw std::invalid_argument("steps must be at least 1");
   if (opt.valid && !sp.has_valid) throw std::invalid_argument("on='valid' needs a task with a validation set");
   std::vector<Outcome> out(etas.size());
-  parallel_for(etas.size(), threads, [&](size_t i) { out[i] = exact_outcome(sp, etas[i], opt); });
+  parallel_for(etas.size(), threads, [&](size_t i) {
+    poll(opt.stop);
+    out[i] = exact_outcome(sp, etas[i], opt);
+  });
   return out;
 }
 
@@ -143,7 +147,10 @@ inline std::vector<Outcome> exact_fast_batch(const FastSpectrum& sp, const std::
   parallel_for(nt, static_cast<int>(nt), [&](size_t k) {
     std::vector<double> buf;
     const size_t lo = etas.size() * k / nt, hi = etas.size() * (k + 1) / nt;
-    for (size_t i = lo; i < hi; ++i) out[i] = exact_fast_outcome(sp, etas[i], opt, buf);
+    for (size_t i = lo; i < hi; ++i) {
+      poll(opt.stop);
+      out[i] = exact_fast_outcome(sp, etas[i], opt, buf);
+    }
   });
   return out;
 }

@@ -28,6 +28,7 @@ struct MetaTrainConfig {
   OnFailure on_failure = OnFailure::stop;
   double beta = 0.9, rho = 0.9, eps = 1e-8, beta1 = 0.9, beta2 = 0.999;
   std::vector<std::string> tolerate;  // status prefixes used (and counted) rather than failing
+  Stop* stop = nullptr;               // polled once per meta-step (the modes poll per inner step)
 };
 
 // One recorded event (the first failure, the first tolerated flag).
@@ -79,6 +80,7 @@ MetaTrainTrace meta_train_loop(const MetaTrainConfig& c, Eval&& evaluate) {
   double m1 = 0, m2 = 0;
   long k = 0;
   while (true) {
+    poll(c.stop);
     const double eta = tr.etas.back();
     const Outcome r = evaluate(eta);
     const double g = r.grad.value, v = r.value.value;

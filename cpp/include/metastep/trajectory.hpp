@@ -27,7 +27,7 @@ inline S gd_step(const Problem& p, Vec<S>& w, S eta, Vec<S>& g, Workspace<S>& ws
 }
 
 template <class Problem, class S = typename Problem::S>
-Trajectory<S> unroll(const Problem& p, const StepSizes<S>& eta, Steps t) {
+Trajectory<S> unroll(const Problem& p, const StepSizes<S>& eta, Steps t, Stop* stop = nullptr) {
   Trajectory<S> tr;
   Workspace<S> ws;
   Vec<S> w = p.w0(), g(p.dim());
@@ -36,6 +36,7 @@ Trajectory<S> unroll(const Problem& p, const StepSizes<S>& eta, Steps t) {
   if (valid) tr.valid_losses.reserve(static_cast<size_t>(t) + 1);
   bool was_nonzero = false;  // w_0 = 0 is a legitimate start
   for (Steps tau = 0; tau <= t; ++tau) {
+    poll(stop);
     const S wmax = maxabs(w);
     tr.diag.check_vector(Quantity::iterate, wmax, was_nonzero, tau);
     was_nonzero = wmax != S(0);
@@ -57,10 +58,12 @@ Trajectory<S> unroll(const Problem& p, const StepSizes<S>& eta, Steps t) {
 
 // Meta-loss after t steps, value only (finite differences).
 template <class Problem, class S = typename Problem::S>
-S final_meta_loss(const Problem& p, const StepSizes<S>& eta, Steps t, bool valid, Diagnostics& diag) {
+S final_meta_loss(const Problem& p, const StepSizes<S>& eta, Steps t, bool valid, Diagnostics& diag,
+                  Stop* stop = nullptr) {
   Workspace<S> ws;
   Vec<S> w = p.w0(), g(p.dim());
   for (Steps tau = 0; tau < t; ++tau) {
+    poll(stop);
     const S f = gd_step(p, w, eta.at(tau), g, ws, tau);
     note_loss(diag, Quantity::loss, f, ws, tau);
   }

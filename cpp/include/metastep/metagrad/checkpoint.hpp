@@ -101,7 +101,10 @@ class Checkpointer {
  private:
   void note_live(std::int64_t live) { peak_ = std::max(peak_, live); }
   void advance(Vec<S>& w, Steps from, Steps to) {
-    for (Steps tau = from; tau < to; ++tau) gd_step(p_, w, eta_.at(tau), g_, ws_, tau);
+    for (Steps tau = from; tau < to; ++tau) {
+      poll(bp_.stop);
+      gd_step(p_, w, eta_.at(tau), g_, ws_, tau);
+    }
     diag_.recomputed_steps += to - from;
   }
   const Problem& p_;
@@ -124,6 +127,7 @@ Outcome checkpoint_mode(const Problem& p, const StepSizes<S>& eta, const MetaOpt
   const std::int64_t k = opt.checkpoints > 0 ? opt.checkpoints : default_checkpoints(t);
   Diagnostics diag;
   Backprop<Problem> bp(p, eta, t, diag);
+  bp.stop = opt.stop;
   Vec<S> w = p.w0();
   const S M = bp.sweep(w, t, opt.valid, [](Steps, const Vec<S>&) {});
   Checkpointer<Problem> cp(p, eta, bp, diag);

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../diagnostics.hpp"
+#include "../interrupt.hpp"
 #include "../problems.hpp"
 #include "../scalar/format.hpp"
 
@@ -27,6 +28,7 @@ struct MetaOptions {
   bool valid = false;        // meta-loss on the validation set (train-by-validation)
   Steps steps = 1;           // t
   Index checkpoints = 0;     // checkpoint mode: snapshots held at once (0: automatic)
+  Stop* stop = nullptr;      // polled once per step (and per step size in batches); may be null
 };
 
 // A number in float64 plus its exact magnitude and sign, a long double copy, and for the

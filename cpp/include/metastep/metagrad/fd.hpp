@@ -21,13 +21,13 @@ Outcome fd_mode(const Problem& p, const StepSizes<S>& eta, const MetaOptions& op
       sched.assign(eta.schedule, eta.schedule + t);
       for (auto& x : sched) x += delta;
       e.schedule = sched.data();
-      return final_meta_loss(p, e, t, opt.valid, diag);
+      return final_meta_loss(p, e, t, opt.valid, diag, opt.stop);
     }
     e.eta = eta.eta + delta;
-    return final_meta_loss(p, e, t, opt.valid, diag);
+    return final_meta_loss(p, e, t, opt.valid, diag, opt.stop);
   };
   Diagnostics d0;
-  const S M = final_meta_loss(p, eta, t, opt.valid, d0);
+  const S M = final_meta_loss(p, eta, t, opt.valid, d0, opt.stop);
   const S Mp = shifted(h), Mm = shifted(-h);
   // Differentiate the objective itself (log form included) rather than M.
   S dM;

@@ -20,6 +20,7 @@ Outcome forward_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
   const double sqrt_d = std::sqrt(double(d));
   const double eps2 = sm::to_double(sm::epsilon<S>()) * sm::to_double(sm::epsilon<S>());
   for (Steps tau = 0; tau < t; ++tau) {
+    poll(opt.stop);
     ws.tau = tau;
     const S f = p.value_grad_hvp(w, v, g, hv, ws);
     note_loss(diag, Quantity::loss, f, ws, tau);
@@ -164,6 +165,7 @@ std::vector<Outcome> forward_batch(const Quadratic<S>& p, const S* etas, Index m
   const S safe_hi = std::sqrt(std::numeric_limits<S>::max() / S(d + 1));
   const S safe_lo = std::sqrt(std::numeric_limits<S>::min()) / std::numeric_limits<S>::epsilon();
   for (Steps tau = 0; tau < t; ++tau) {
+    poll(opt.stop);
     p.op().apply_many(IN.data(), ld, 2 * m, OUT.data(), ld);
     ws.tau = tau;
     for (Index j = 0; j < m; ++j) {

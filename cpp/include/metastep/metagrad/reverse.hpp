@@ -24,6 +24,7 @@ struct Backprop {
   bool a_nonzero = true;
   S rho_a = 0;            // relative (1-norm) rounding error of the adjoint, carried back linearly
   double log_err2 = -std::numeric_limits<double>::infinity();  // log of the summed squared term errors
+  Stop* stop = nullptr;   // polled once per step, forward and backward
 
   Backprop(const Problem& p_, const StepSizes<S>& eta_, Steps t, Diagnostics& diag_)
       : p(p_), eta(eta_), diag(diag_), g(p_.dim()), ha(p_.dim()), dM_steps(Vec<S>::Zero(t)) {}
@@ -34,6 +35,7 @@ struct Backprop {
   S sweep(Vec<S>& w, Steps t, bool valid, Keep&& keep) {
     bool w_nonzero = false;  // w_0 = 0 is a legitimate start
     for (Steps tau = 0; tau < t; ++tau) {
+      poll(stop);
       keep(tau, w);
       const S wmax = maxabs(w);
       diag.check_vector(Quantity::iterate, wmax, w_nonzero, tau);
@@ -57,6 +59,7 @@ struct Backprop {
 
   // Reverse one step tau given w_tau; a holds a_{tau+1} on entry and a_tau on exit.
   void step_back(const Vec<S>& w_tau, Steps tau) {
+    poll(stop);
     ws.tau = tau;
     p.value_grad_hvp(w_tau, a, g, ha, ws);
     dM_steps[tau] = -a.dot(g);
@@ -93,6 +96,7 @@ Outcome reverse_mode(const Problem& p, const StepSizes<S>& eta, const MetaOption
   const Index d = p.dim();
   Diagnostics diag;
   Backprop<Problem> bp(p, eta, t, diag);
+  bp.stop = opt.stop;
   Mat<S> W(static_cast<Index>(t) + 1, d);  // stored trajectory
   Vec<S> w = p.w0();
   const S M = bp.sweep(w, t, opt.valid, [&](Steps tau, const Vec<S>& wt) { W.row(tau) = wt.transpose(); });

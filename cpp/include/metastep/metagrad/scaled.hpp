@@ -100,6 +100,7 @@ Outcome scaled_forward(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   std::int64_t Ew = renormalize(w, offp), Ev = Ew;
   S verr2 = 0;  // squared error estimate of the tangent mantissa
   for (Steps tau = 0; tau < t; ++tau) {
+    poll(opt.stop);
     ws.tau = tau;
     const S f = p.value_grad_hvp(w, v, g, hv, ws, off);
     diag.loss.add_log2(log2_mag(2 * Ew, f));
@@ -173,6 +174,7 @@ std::vector<Outcome> scaled_forward_batch(const Quadratic<S>& p, const S* etas, 
   }
   Workspace<S> ws;
   for (Steps tau = 0; tau < t; ++tau) {
+    poll(opt.stop);
     p.op().apply_many(IN.data(), ld, 2 * m, OUT.data(), ld);
     ws.tau = tau;
     for (Index j = 0; j < m; ++j) {
@@ -249,6 +251,7 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   S* offp = p.has_offset() ? &off : nullptr;
   std::int64_t Ew = renormalize(w, offp);
   for (Steps tau = 0; tau < t; ++tau) {
+    poll(opt.stop);
     traj.row(tau) = w.transpose();
     E[static_cast<size_t>(tau)] = Ew;
     offs[static_cast<size_t>(tau)] = off;
@@ -282,6 +285,7 @@ Outcome scaled_reverse(const Problem& p, const StepSizes<S>& eta, const MetaOpti
   detail::LogSum<W> total;
   Vec<S> wt(d);
   for (Steps tau = t - 1; tau >= 0; --tau) {
+    poll(opt.stop);
     wt = traj.row(tau).transpose();
     const std::int64_t Et = E[static_cast<size_t>(tau)];
     ws.tau = tau;

@@ -4,6 +4,7 @@
 #pragma once
 #include <cmath>
 
+#include "../interrupt.hpp"
 #include "truncated.hpp"
 
 namespace metastep::nn {
@@ -30,6 +31,7 @@ struct CurveConfig {
   Index steps = 1000, batch = 32, every = 50;
   double lr = 0.1;                     // SGD / Adam step size
   std::uint64_t init_seed = 0, batch_seed = 1;
+  Stop* stop = nullptr;                // polled once per step; may be null
 };
 
 // Train from a fresh initialization for cfg.steps minibatch steps. Records at step 0, every
@@ -68,6 +70,7 @@ Curve<S> train_curve(const Layout& lay, const Vec<S>& phi, const Dataset<S>& tra
   };
   record(0);
   for (Index s = 0; s < cfg.steps && !c.nf.failed; ++s) {
+    poll(cfg.stop);
     net.gather(train, &batches[static_cast<size_t>(s * B)], B);
     const S loss = net.forward(st.theta);
     net.backward(st.theta, g);
