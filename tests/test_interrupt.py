@@ -157,11 +157,60 @@ def test_after_an_interrupt_the_next_call_is_unaffected():
 
 
 def test_call_from_another_thread_runs_to_the_end():
-    """Only the main thread runs signal handlers: elsewhere the call is not interruptible, and
-    it must then simply finish with the usual result."""
-    ref = ms.metagrad(Q, 0.5 / Q.L, 3000, mode="forward")
+    """Only the main thread runs signal handlers: a call made elsewhere is not interruptible.
+    The handler's exception reaches the main thread while the call goes on, and the call then
+    finishes with the usual result."""
+    etas = np.linspace(0.2, 1.5, 64) / Q.L
+    run = lambda t: ms.metagrad(Q, etas, int(t), mode="forward", threads=1)  # noqa: E731
+    per = _seconds(lambda: run(500)) / 500
+    t = max(1000, int(2.0 / per))  # about 2 s
+    ref = run(t)
     out = {}
-    th = threading.Thread(target=lambda: out.setdefault("r", ms.metagrad(Q, 0.5 / Q.L, 3000, mode="forward")))
-    th.start()
-    th.join()
-    assert out["r"].value == ref.value and out["r"].grad == ref.grad
+    done = threading.Event()
+
+    def work():
+        try:
+            out["r"] = run(t)
+        finally:
+            done.set()
+
+    th = threading.Thread(target=work)
+    old = signal.signal(signal.SIGALRM, _raise_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, DELAY)
+        th.start()
+        # sleep in short pieces (the handler runs on the main thread between them); not
+        # Thread.join, which in CPython 3.11 marks a running thread stopped when a handler
+        # raises inside it
+        with pytest.raises(Alarm):
+            while not done.is_set():
+                time.sleep(0.01)
+        assert not done.is_set(), "the call should still be running when the handler raised"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        while not done.is_set():
+            time.sleep(0.01)
+        th.join()
+    np.testing.assert_array_equal(out["r"].value, ref.value)
+    np.testing.assert_array_equal(out["r"].grad, ref.grad)
+
+
+def test_caller_keeps_polling_after_its_own_block():
+    """Three step sizes on two threads: the calling thread computes one, the other thread two.
+    A signal after the caller's block is done must still stop the call at once."""
+    q = ms.random_quadratic(150, seed=9)
+    per = _seconds(lambda: ms.metagrad(q, 0.5 / q.L, 400, mode="checkpoint")) / 400
+    t = max(800, int(2.5 / per))  # about 2.5 s per step size
+    etas = np.array([0.3, 0.5, 0.7]) / q.L
+    call = lambda: ms.metagrad(q, etas, t, mode="checkpoint", threads=2)  # noqa: E731
+    assert _interrupted_after(call, delay=1.2 * 2.5) < LATENCY  # the caller's block ends at ~2.5 s
+
+
+def test_learned_truncation_stops():
+    pool = ms.data.load_digits()
+    tr, me = pool.subset(np.arange(200)), pool.subset(np.arange(200, 400))
+    phi = learned.init_optimizer(0)
+    make = lambda n: (lambda: learned.meta_gradient(phi, tr, me, length=int(n), estimator="second"))  # noqa: E731
+    call = _long(make, 20)
+    assert _interrupted_after(call) < LATENCY

@@ -167,8 +167,9 @@ PYBIND11_MODULE(_core, m) {
         if (etas.ndim() != 1) throw std::invalid_argument("eta must be a 1-D array");
         std::vector<double> es(etas.data(), etas.data() + etas.shape(0));
         const std::vector<metastep::Outcome> outs = metastep::bind::interruptible([&](metastep::Stop* stop) {
-          opt.stop = stop;
-          return metastep::exact_fast_batch(sp, es, opt, threads);
+          metastep::MetaOptions run = opt;
+          run.stop = stop;
+          return metastep::exact_fast_batch(sp, es, run, threads);
         });
         return metastep::bind::outcomes_dict(outs);
       },

@@ -49,14 +49,16 @@ py::dict do_metagrad(const Problem& p, const std::string& mode_s, const F64Array
     StepSizes<S> st;
     st.schedule = sched.data();
     outs.push_back(interruptible([&](Stop* stop) {
-      opt.stop = stop;
-      return run_mode(p, mode, st, opt);
+      MetaOptions run = opt;
+      run.stop = stop;
+      return run_mode(p, mode, st, run);
     }));
   } else {
     std::vector<S> es = to_std<S>(etas, "eta");
     outs = interruptible([&](Stop* stop) {
-      opt.stop = stop;
-      return run_batch(p, mode, es, opt, threads);
+      MetaOptions run = opt;
+      run.stop = stop;
+      return run_batch(p, mode, es, run, threads);
     });
   }
   return outcomes_dict(outs);
@@ -147,19 +149,21 @@ void bind_runs(py::module_& m, const std::string& sfx) {
           opt.valid = valid;
           opt.steps = steps;
           opt.checkpoints = checkpoints;
-          MetaTrainConfig cfg = meta_config(config);
+          const MetaTrainConfig cfg = meta_config(config);
           const bool exact = mode_s == "exact";
           if (exact && !sp) throw std::invalid_argument("the exact mode needs the problem's spectrum");
           if (exact && valid && !sp->has_valid) throw std::invalid_argument("on='valid' needs a validation set");
           const Mode mode = exact ? Mode::forward : parse_mode(mode_s);
           if (steps < 1) throw std::invalid_argument("steps must be at least 1");
           const MetaTrainTrace tr = interruptible([&](Stop* stop) {
-            opt.stop = cfg.stop = stop;
-            return meta_train_loop(cfg, [&](double eta) {
-              if (exact) return exact_outcome(*sp, S(eta), opt);
+            MetaOptions run = opt;
+            MetaTrainConfig loop = cfg;
+            run.stop = loop.stop = stop;
+            return meta_train_loop(loop, [&](double eta) {
+              if (exact) return exact_outcome(*sp, S(eta), run);
               StepSizes<S> st;
               st.eta = S(eta);
-              return run_mode(p, mode, st, opt);
+              return run_mode(p, mode, st, run);
             });
           });
           return trace_dict(tr);
@@ -254,8 +258,9 @@ void register_precision_impl(py::module_& m, const std::string& sfx) {
           opt.steps = steps;
           std::vector<S> es = to_std<S>(etas, "eta");
           const std::vector<Outcome> outs = interruptible([&](Stop* stop) {
-            opt.stop = stop;
-            return exact_batch(sp, es, opt, threads);
+            MetaOptions run = opt;
+            run.stop = stop;
+            return exact_batch(sp, es, run, threads);
           });
           return outcomes_dict(outs);
         },

@@ -196,20 +196,21 @@ void bind_nn(py::module_& m, const std::string& sfx) {
             const MatR<S> fg = mat_of<S>(*frozen_g, T, P, "frozen_gradients");
             for (Index s = 0; s < T; ++s) frozen.emplace_back(fg.row(s).transpose());
           }
-          nn::MetaGrad<S> res;
-          {
-            py::gil_scoped_release rel;
+          if (frozen_g && !forward_only && est != nn::Estimator::first_order)
+            throw std::invalid_argument("frozen gradients only define the first-order estimator");
+          const nn::MetaGrad<S> res = interruptible([&](Stop* stop) {
+            nn::MetaGrad<S> r;
             nn::Unroller<S> un(lay);
+            un.stop = stop;
             if (forward_only) {
-              un.forward(ph, plan, st, nullptr, frozen_g ? &frozen : nullptr, return_gradients ? &grads : nullptr, res);
+              un.forward(ph, plan, st, nullptr, frozen_g ? &frozen : nullptr, return_gradients ? &grads : nullptr, r);
             } else if (frozen_g) {
-              if (est != nn::Estimator::first_order)
-                throw std::invalid_argument("frozen gradients only define the first-order estimator");
-              res = un.backprop_frozen(ph, plan, st, frozen);
+              r = un.backprop_frozen(ph, plan, st, frozen);
             } else {
-              res = un.meta_gradient(est, ph, plan, st, es_pairs, es_sigma, es_seed);
+              r = un.meta_gradient(est, ph, plan, st, es_pairs, es_sigma, es_seed);
             }
-          }
+            return r;
+          });
           py::dict d;
           d["meta_loss"] = res.meta_loss;
           d["grad"] = forward_only ? py::object(py::none()) : py::object(out_vec<S>(res.grad));
@@ -252,8 +253,9 @@ void bind_nn(py::module_& m, const std::string& sfx) {
           const Vec<S> ph = cfg.opt == nn::InnerOpt::learned ? vec_of<S>(phi, nn::kOptParams, "phi") : Vec<S>();
           const Dataset<S> tr = data_of<S>(lay, Xtr, ytr, "train"), te = data_of<S>(lay, Xte, yte, "test");
           const nn::Curve<S> c = interruptible([&](Stop* stop) {
-            cfg.stop = stop;
-            return nn::train_curve<S>(lay, ph, tr, te, cfg);
+            nn::CurveConfig run = cfg;
+            run.stop = stop;
+            return nn::train_curve<S>(lay, ph, tr, te, run);
           });
           py::dict d;
           d["steps"] = c.steps;

@@ -1,8 +1,12 @@
 // One entry point per problem type: run the requested mode for each step size of a batch.
 #pragma once
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
 #include <exception>
+#include <mutex>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -56,12 +60,14 @@ Outcome run_mode(const Problem& p, Mode mode, const StepSizes<S>& eta, const Met
   throw std::invalid_argument("unknown mode");
 }
 
-// Run fn(i) for i in [0, n) on up to `threads` threads, each taking a contiguous block; the
-// calling thread takes the first block itself (so that it keeps polling a Stop it owns). Every
+// Run fn(i) for i in [0, n) on up to `threads` threads, each taking a contiguous block. Every
 // i is computed by the same code whatever the thread count, so results are bit-identical to a
-// serial run. Every thread is joined before the first exception (lowest index) is rethrown.
+// serial run. The calling thread takes the first block itself and, once done, waits for the
+// others while polling `stop` (so that a stop it owns is still checked); a stop makes every
+// block end at its next poll. Every thread is joined before the first exception (lowest
+// index) is rethrown; if a thread cannot be started, the caller runs that block itself.
 template <class Fn>
-void parallel_for(size_t n, int threads, Fn&& fn) {
+void parallel_for(size_t n, int threads, Fn&& fn, Stop* stop = nullptr) {
   const size_t nt = std::max<size_t>(1, std::min<size_t>(n, static_cast<size_t>(std::max(1, threads))));
   if (nt <= 1) {
     for (size_t i = 0; i < n; ++i) fn(i);
@@ -76,10 +82,38 @@ void parallel_for(size_t n, int threads, Fn&& fn) {
       errors[k] = std::current_exception();
     }
   };
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t finished = 0;
   std::vector<std::thread> pool;
   pool.reserve(nt - 1);
-  for (size_t k = 1; k < nt; ++k) pool.emplace_back(block, k);
+  size_t k = 1;
+  try {
+    for (; k < nt; ++k)
+      pool.emplace_back([&, k] {
+        block(k);
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          ++finished;
+        }
+        cv.notify_one();
+      });
+  } catch (const std::system_error&) {
+    for (; k < nt; ++k) block(k);  // no more threads to be had: the caller runs the rest
+  }
   block(0);
+  if (stop) {
+    std::unique_lock<std::mutex> lock(mu);
+    while (!cv.wait_for(lock, std::chrono::milliseconds(20), [&] { return finished == pool.size(); })) {
+      lock.unlock();
+      try {
+        stop->poll_now();
+      } catch (...) {
+        if (!errors[0]) errors[0] = std::current_exception();
+      }
+      lock.lock();
+    }
+  }
   for (auto& th : pool) th.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
@@ -112,7 +146,7 @@ std::vector<Outcome> run_batch(const Problem& p, Mode mode, const std::vector<S>
                                         ? forward_batch(p, etas.data() + lo, static_cast<Index>(hi - lo), opt)
                                         : scaled_forward_batch(p, etas.data() + lo, static_cast<Index>(hi - lo), opt);
         for (size_t i = lo; i < hi; ++i) out[i] = std::move(part[i - lo]);
-      });
+      }, opt.stop);
       return out;
     }
   }
@@ -120,7 +154,7 @@ std::vector<Outcome> run_batch(const Problem& p, Mode mode, const std::vector<S>
     StepSizes<S> st;
     st.eta = etas[i];
     out[i] = run_mode(p, mode, st, opt);
-  });
+  }, opt.stop);
   return out;
 }
 
@@ -133,7 +167,7 @@ std::vector<Outcome> exact_batch(const Spectrum<S>& sp, const std::vector<S>& et
   parallel_for(etas.size(), threads, [&](size_t i) {
     poll(opt.stop);
     out[i] = exact_outcome(sp, etas[i], opt);
-  });
+  }, opt.stop);
   return out;
 }
 
@@ -151,7 +185,7 @@ inline std::vector<Outcome> exact_fast_batch(const FastSpectrum& sp, const std::
       poll(opt.stop);
       out[i] = exact_fast_outcome(sp, etas[i], opt, buf);
     }
-  });
+  }, opt.stop);
   return out;
 }
 

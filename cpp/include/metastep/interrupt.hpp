@@ -41,6 +41,17 @@ class Stop {
     last_check_ = now;
     if (check_()) request();
   }
+  // The same without the countdown, for the owner's waits between pieces of work that do not
+  // poll on its thread (waiting for the other threads of a parallel run).
+  void poll_now() {
+    if (requested_.load(std::memory_order_relaxed)) throw Interrupted();
+    if (!check_ || std::this_thread::get_id() != owner_) return;
+    const auto now = Clock::now();
+    last_read_ = now;
+    if (now - last_check_ < kPeriod) return;
+    last_check_ = now;
+    if (check_()) request();
+  }
   // Ask every thread of this computation to stop at its next poll (and throw here).
   void request() {
     requested_.store(true, std::memory_order_relaxed);

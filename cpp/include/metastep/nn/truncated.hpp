@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <string>
 
+#include "../interrupt.hpp"
 #include "learned_opt.hpp"
 
 namespace metastep::nn {
@@ -101,6 +102,7 @@ class Unroller {
  public:
   explicit Unroller(const Layout& lay) : lay_(lay), net_(lay), mnet_(lay), opt_(lay) {}
   const Layout& layout() const { return lay_; }
+  Stop* stop = nullptr;  // polled once per inner step, forward and backward; may be null
 
   // Runs the truncation from st (advanced in place). tape: record (θ_s, g_s, M_s, V_s).
   // frozen_g: use these gradients instead of computing them. g_out: record the gradients.
@@ -126,6 +128,7 @@ class Unroller {
     res.meta_losses.assign(static_cast<size_t>(T), 0.0);
     double J = 0;
     for (Index s = 0; s < T; ++s) {
+      poll(stop);
       const std::int64_t abs_step = st.step;
       net_.gather(*tr.train, &tr.batches[static_cast<size_t>(s * tr.B)], tr.B);
       const S loss = net_.forward(st.theta);
@@ -236,6 +239,7 @@ class Unroller {
     res.grad = Vec<S>::Zero(kOptParams);
     const S invT = S(1) / S(T);
     for (Index s = T - 1; s >= 0; --s) {
+      poll(stop);
       thb += invT * tape.gmeta[static_cast<size_t>(s)];
       const auto k = static_cast<size_t>(s);
       const bool cached = !tape.hidden.empty();
