@@ -36,31 +36,30 @@ class Stop {
     if (--countdown_ > 0) return;
     const auto now = Clock::now();
     countdown_ = now - last_read_ > std::chrono::milliseconds(1) ? 1 : kClockEvery;
-    last_read_ = now;
-    if (now - last_check_ < kPeriod) return;
-    last_check_ = now;
-    if (check_()) request();
+    check_due(now);
   }
   // The same without the countdown, for the owner's waits between pieces of work that do not
   // poll on its thread (waiting for the other threads of a parallel run).
   void poll_now() {
     if (requested_.load(std::memory_order_relaxed)) throw Interrupted();
     if (!check_ || std::this_thread::get_id() != owner_) return;
-    const auto now = Clock::now();
-    last_read_ = now;
-    if (now - last_check_ < kPeriod) return;
-    last_check_ = now;
-    if (check_()) request();
+    check_due(Clock::now());
   }
-  // Ask every thread of this computation to stop at its next poll (and throw here).
-  void request() {
-    requested_.store(true, std::memory_order_relaxed);
-    throw Interrupted();
-  }
-  bool requested() const { return requested_.load(std::memory_order_relaxed); }
 
  private:
   using Clock = std::chrono::steady_clock;
+  // Owner only: run the check if kPeriod has passed since the last one; on true, set the flag
+  // every thread reads and throw.
+  void check_due(Clock::time_point now) {
+    last_read_ = now;
+    if (now - last_check_ < kPeriod) return;
+    last_check_ = now;
+    if (check_()) {
+      requested_.store(true, std::memory_order_relaxed);
+      throw Interrupted();
+    }
+  }
+
   static constexpr int kClockEvery = 16;
   static constexpr std::chrono::milliseconds kPeriod{50};
   std::function<bool()> check_;

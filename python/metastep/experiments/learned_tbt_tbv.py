@@ -62,8 +62,9 @@ STALL_STEPS = 3
 INIT_OUTPUT_SCALE = 0.1
 
 #: meta-training at the default scale: one run per method of 200 meta-steps (checkpoints scored
-#: every 20). With 100 meta-steps E5 failed seeds 3 and 4 of 0-4 (TbV's optimizer was still poor). Of the settings that passed E5 on every seed 0-4 at the same cost, 2 runs ×
-#: 100 meta-steps (keeping the run whose best checkpoint scores lower on the method's own
+#: every 20). With 100 meta-steps E5 failed seeds 3 and 4 of 0-4 (TbV's optimizer was still
+#: poor). Of the settings that passed E5 on every seed 0-4 at the same cost, 2 runs × 100
+#: meta-steps (keeping the run whose best checkpoint scores lower on the method's own
 #: meta-objective) failed E7 on seed 4, where the optimizer of TbV's second run, training on the
 #: whole pool, undid part of the training late in the horizon; 1 × 200 passed E5, E6 and E7 on
 #: every seed 0-4 (and E5 on 5, 6). See the README.

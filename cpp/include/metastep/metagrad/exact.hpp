@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -127,6 +128,22 @@ Eigen::Matrix<W, Eigen::Dynamic, 1> wide_residual(const Mat<S>& X, const Vec<S>&
   return X.template cast<W>() * w.template cast<W>() - y.template cast<W>();
 }
 
+// |X| (|w0| + |V||c|) + |y| in the wide type: the size of the terms whose sum is X wbar - y with
+// wbar = w0 - V c, so that residual's rounding error is about eps times it (cancellation checks).
+template <class W, class S>
+Eigen::Matrix<W, Eigen::Dynamic, 1> residual_scale(const Mat<S>& X, const Vec<S>& y, const Vec<S>& w0,
+                                                   const ColMat<S>& V, const Vec<S>& c) {
+  const Vec<S> wmag = w0.cwiseAbs() + V.cwiseAbs() * c.cwiseAbs();
+  return X.cwiseAbs().template cast<W>() * wmag.template cast<W>() + y.cwiseAbs().template cast<W>();
+}
+
+// How an eigenvalue's error dl moves the terms built on it: the relative change of |1 - eta lam|
+// (eta dl / |1 - eta lam|, to be multiplied by the power) and of lam itself (dl / lam).
+template <class W>
+std::pair<W, W> lam_sensitivity(const W& eta, const W& lam, const W& dl) {
+  return {eta * dl / sm::abs(W(W(1) - eta * lam)), lam > W(0) ? W(dl / lam) : W(0)};
+}
+
 template <class S>
 void check_spectrum(Spectrum<S>& sp) {
   for (size_t i = 0; i < sp.lam.size(); ++i)
@@ -189,9 +206,7 @@ void add_validation(Spectrum<S>& sp, const LeastSquares<S>& p, const ColMat<S>& 
       const W scale = sm::exp(W(-sp.log_r_inf));
       for (Index i = 0; i < r.size(); ++i) sp.r_inf_dir[i] = S(W(r[i] * scale));
     }
-    const Vec<S> wmag = p.w0().cwiseAbs() + Vk.cwiseAbs() * sp.c.cwiseAbs();
-    sp.r_inf_mag = p.X_valid().cwiseAbs().template cast<W>() * wmag.template cast<W>() +
-                   p.y_valid().cwiseAbs().template cast<W>();
+    sp.r_inf_mag = residual_scale<W>(p.X_valid(), p.y_valid(), p.w0(), Vk, sp.c);
   }
 }
 
@@ -200,7 +215,6 @@ void set_extremes(std::vector<W> const& lam, W& L, W& alpha) {
   L = lam.empty() ? W(0) : *std::max_element(lam.begin(), lam.end());
   alpha = lam.empty() ? W(0) : *std::min_element(lam.begin(), lam.end());
 }
-
 
 }  // namespace detail
 
@@ -316,9 +330,7 @@ Spectrum<S> make_spectrum(const LeastSquares<S>& p) {
     // wbar carries errors of about eps (|w0| + |V||c|) from the decomposition, so X wbar - y is
     // known only to about eps times |X| (|w0| + |V||c|) + |y|; below sqrt(eps) of that, half the
     // digits of the floor or more are noise (as in the validation check)
-    const Vec<S> wmag = p.w0().cwiseAbs() + V.cwiseAbs() * c.cwiseAbs();
-    const Eigen::Matrix<W, Eigen::Dynamic, 1> mag =
-        p.X().cwiseAbs().template cast<W>() * wmag.template cast<W>() + p.y().cwiseAbs().template cast<W>();
+    const Eigen::Matrix<W, Eigen::Dynamic, 1> mag = residual_scale<W>(p.X(), p.y(), p.w0(), V, c);
     W big = 0, left = 0;
     for (Index i = 0; i < n; ++i) {
       big = std::max(big, mag[i]);
@@ -389,6 +401,8 @@ ExactPoint<typename Spectrum<S>::Wide> exact_train(const Spectrum<S>& sp, const 
   detail::LogSum<W> val, der;
   // per term: its log and the relative error it inherits from its eigenvalue's error
   std::vector<std::pair<W, W>> val_err, der_err;
+  val_err.reserve(sp.lam.size());
+  der_err.reserve(sp.lam.size());
   val.add(sp.log_floor, 1);
   for (size_t i = 0; i < sp.lam.size(); ++i) {
     const W& lW = sp.logW[i];
@@ -399,9 +413,7 @@ ExactPoint<typename Spectrum<S>::Wide> exact_train(const Spectrum<S>& sp, const 
     const W lv = lW + W(2) * tt * lq;
     val.add(lv, 1);
     // d/dlam log|1 - eta lam| = -eta / (1 - eta lam); the weight W ~ lam c^2 adds dlam / lam
-    const W dl = i < sp.dlam.size() ? sp.dlam[i] : W(0);
-    const W sens = eta * dl / sm::abs(W(W(1) - eta * lam));
-    const W rel_lam = lam > W(0) ? W(dl / lam) : W(0);
+    const auto [sens, rel_lam] = detail::lam_sensitivity(eta, lam, i < sp.dlam.size() ? sp.dlam[i] : W(0));
     val_err.emplace_back(lv, W(2) * tt * sens + rel_lam);
     // d/deta W (1 - eta lam)^(2t) = -2t lam W (1 - eta lam)^(2t-1); 2t - 1 is odd
     if (lam > W(0)) {
@@ -448,8 +460,7 @@ ExactPoint<typename Spectrum<S>::Wide> exact_valid(const Spectrum<S>& sp, const 
     if (ci == W(0)) continue;
     const W& lam = sp.lam_v[u];
     {
-      const W dl = u < sp.dlam_v.size() ? sp.dlam_v[u] : W(0);
-      const W sens = eta * dl / sm::abs(W(W(1) - eta * lam)), rl = lam > W(0) ? W(dl / lam) : W(0);
+      const auto [sens, rl] = detail::lam_sensitivity(eta, lam, u < sp.dlam_v.size() ? sp.dlam_v[u] : W(0));
       ez[i] = S(W(tt * sens + rl));
       ed[i] = S(W((tt - W(1)) * sens + W(2) * rl));
     }
